@@ -1,0 +1,141 @@
+"""Fitting quality against exact phantoms and real data, at bounded iteration counts (no timings)."""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from VascularINRLib import phantoms
+from VascularINRLib.errors import FitCancelled, InputError
+from VascularINRLib.fitting import fit_points, preset, resolve_device
+from VascularINRLib.mesh import read_mesh, sample_points_on_mesh
+from VascularINRLib.metrics import compare, dice
+from VascularINRLib.surface import extract_surface
+
+FAST = preset("fast", early_stop=False)  # the full bounded schedule: results independent of timing
+
+
+@pytest.fixture(scope="module")
+def aaa():
+    return phantoms.aaa_lumen()
+
+
+@pytest.mark.parametrize("count", [200, 400])
+def test_sphere_reaches_dice_095(count):
+    sphere = phantoms.sphere(radius=20.0, center=(5.0, -3.0, 40.0))
+    points = sample_points_on_mesh(sphere.mesh(), count, seed=1)
+    result = fit_points(points, preset("fast", early_stop=False, max_iterations=1000))
+    assert dice(result.sdf, sphere, voxel_mm=0.5, bounds=sphere.bounds + np.array([-5, 5, -5, 5, -5, 5])) >= 0.95
+
+
+@pytest.mark.parametrize("count", [200, 400])
+def test_aaa_phantom_reaches_dice_095(aaa, count):
+    points = sample_points_on_mesh(aaa.mesh(), count, seed=1)
+    result = fit_points(points, FAST)
+    surface = extract_surface(result.sdf, resolution=160, points_mm=result.points_mm)
+    metrics = compare(surface.polydata, aaa)
+    assert metrics["dice"] >= 0.95, metrics
+    assert metrics["asd_mm"] < 1.0, metrics
+    assert surface.report["watertight"] and surface.report["components"] == 1
+    assert result.mean_abs_sdf_at_points_mm < 0.2
+
+
+def test_real_vmtk_bifurcation_from_400_points(shared_data):
+    reference = read_mesh(shared_data / "vmtk_aorta" / "aorta-surface.vtp")
+    points = sample_points_on_mesh(reference, 400, seed=1)
+    result = fit_points(points, FAST)
+    surface = extract_surface(result.sdf, resolution=160, points_mm=result.points_mm)
+    metrics = compare(surface.polydata, reference)
+    print(f"vmtk aorta, 400 points: Dice {metrics['dice']:.4f}, ASD {metrics['asd_mm']:.3f} mm")
+    assert metrics["dice"] >= 0.93, metrics
+    assert surface.report["watertight"]
+
+
+def test_report_holds_what_the_cli_promises(aaa):
+    points = sample_points_on_mesh(aaa.mesh(), 100, seed=2)
+    result = fit_points(points, preset("fast", max_iterations=60, early_stop=False))
+    report = result.report()
+    for key in ("fit_seconds", "iterations", "points", "mean_abs_sdf_at_points_mm", "max_radius_mm",
+                "far_field_distance_mm", "stopped_because", "device"):
+        assert key in report
+    assert report["iterations"] == 60 and report["points"] == 100
+
+
+def test_progress_is_reported_and_the_fit_is_seeded(aaa):
+    points = sample_points_on_mesh(aaa.mesh(), 100, seed=3)
+    seen = []
+    config = preset("fast", max_iterations=100, early_stop=False, seed=7)
+    first = fit_points(points, config, progress=seen.append, progress_every=25)
+    second = fit_points(points, config)
+    assert [p.iteration for p in seen] == [25, 50, 75, 100]
+    probe = points[:20] + 1.0
+    assert np.array_equal(first.sdf(probe), second.sdf(probe))
+
+
+def test_cancel_from_another_thread_stops_within_0_2_s(aaa):
+    points = sample_points_on_mesh(aaa.mesh(), 200, seed=4)
+    cancel = threading.Event()
+    started = threading.Event()
+    outcome = {}
+
+    def run():
+        try:
+            fit_points(points, preset("fast", max_iterations=100000, early_stop=False),
+                       progress=lambda p: started.set(), progress_every=1, cancel_event=cancel)
+        except FitCancelled:
+            outcome["cancelled_at"] = time.perf_counter()
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    assert started.wait(30)
+    asked = time.perf_counter()
+    cancel.set()
+    worker.join(5)
+    assert "cancelled_at" in outcome
+    assert outcome["cancelled_at"] - asked < 0.2
+
+
+def test_warm_start_absorbs_new_points_quickly(aaa):
+    mesh = aaa.mesh()
+    points = sample_points_on_mesh(mesh, 200, seed=5)
+    first = fit_points(points, FAST)
+    more = np.vstack([points, sample_points_on_mesh(mesh, 10, seed=6)])
+    refit = fit_points(more, preset("fast", max_iterations=300, early_stop=False), warm_start=first.sdf)
+    assert refit.warm_started
+    box = aaa.bounds + np.array([-15, 15, -15, 15, -15, 15])
+    assert dice(refit.sdf, aaa, voxel_mm=0.5, bounds=box) >= 0.95
+    assert np.abs(refit.sdf(more[-10:])).mean() < 0.3  # the new points lie on the refitted surface
+
+
+def test_warm_start_outside_the_old_domain_starts_afresh(aaa):
+    points = sample_points_on_mesh(aaa.mesh(), 100, seed=8)
+    first = fit_points(points, preset("fast", max_iterations=50, early_stop=False))
+    moved = fit_points(points + 500.0, preset("fast", max_iterations=50, early_stop=False), warm_start=first.sdf)
+    assert not moved.warm_started
+
+
+def test_unknown_device_and_missing_gpu_are_input_errors():
+    with pytest.raises(InputError, match="unknown device"):
+        resolve_device("tpu")
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        has_cuda = False
+    if not has_cuda:
+        with pytest.raises(InputError, match="no CUDA GPU"):
+            resolve_device("cuda")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(InputError, match="fast, paper"):
+        preset("slow")
+
+
+def test_paper_preset_is_faithful():
+    config = preset("paper")
+    assert (config.depth, config.width, config.skip_layer) == (6, 256, 3)
+    assert config.learning_rate == 1e-4 and config.max_iterations == 25000
+    assert config.eikonal_weight == 0.1 and config.lr_schedule == "constant"

@@ -1,0 +1,37 @@
+"""VascularINR: sparse points on a vessel wall -> a watertight vessel surface held in a neural SDF.
+
+    from VascularINRLib import fit_points, extract_surface, write_mesh
+    result = fit_points(points_mm)                  # (N, 3) world mm, unoriented
+    surface = extract_surface(result.sdf, points_mm=result.points_mm)
+    write_mesh(surface.polydata, "vessel.stl")
+
+Modules are imported on first use so that `import VascularINRLib` stays cheap.
+"""
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "fit_points": "fitting", "preset": "fitting", "FitConfig": "fitting", "PRESETS": "fitting",
+    "FitResult": "fitting", "FitProgress": "fitting",
+    "NeuralSDF": "neural_sdf", "SDFNetwork": "network", "Normalization": "normalization",
+    "extract_surface": "surface", "evaluate_grid": "surface",
+    "compare": "metrics", "dice": "metrics", "surface_distances": "metrics",
+    "read_points": "points_io", "write_points": "points_io", "check_points": "points_check",
+    "read_mesh": "mesh", "write_mesh": "mesh", "sample_points_on_mesh": "mesh",
+    "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
+    "render_png": "render", "phantoms": None,
+    "InputError": "errors", "FitCancelled": "errors", "VascularINRError": "errors",
+}
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'VascularINRLib' has no attribute {name!r}")
+    module = _EXPORTS[name]
+    if module is None:
+        return importlib.import_module(f".{name}", __name__)
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
+
+__all__ = sorted(_EXPORTS)

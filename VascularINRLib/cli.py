@@ -1,0 +1,266 @@
+"""The `vascular-inr` command line. Exit codes: 0 success, 2 bad input or usage, 1 other failure."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from .errors import FitCancelled, InputError
+
+PROG = "vascular-inr"
+MESH_SUFFIXES = (".stl", ".vtp", ".ply", ".obj", ".vtk")
+
+
+def _output_path(path, suffixes, what) -> Path:
+    """Fail before any work when an output cannot be written or has an unknown extension."""
+    from .files import check_output_folder
+
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        raise InputError(f"{what} {path} must end in one of {', '.join(suffixes)}")
+    return check_output_folder(path)
+
+
+def write_json(data: dict, path) -> None:
+    from .files import atomic_output
+
+    with atomic_output(path) as temporary:
+        with open(temporary, "w") as handle:
+            json.dump(data, handle, indent=2)
+            handle.write("\n")
+
+
+class ProgressBar:
+    """A tqdm bar on stderr fed by the fit's progress callback."""
+
+    def __init__(self, total: int, enabled: bool = True, description: str = "fit"):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=description, unit="it", disable=None if enabled else True, leave=False,
+                        file=sys.stderr, dynamic_ncols=True)
+
+    def __call__(self, progress) -> None:
+        self.bar.update(progress.iteration - self.bar.n)
+        self.bar.set_postfix(loss=f"{progress.loss:.4f}", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def fit_and_mesh(points, config, args, description="fit"):
+    """Fit with a progress bar, then mesh at the requested resolution."""
+    from .fitting import fit_points
+    from .surface import extract_surface
+
+    bar = ProgressBar(config.max_iterations, enabled=not args.quiet, description=description)
+    try:
+        result = fit_points(points, config, device=args.device, progress=bar)
+    finally:
+        bar.close()
+    surface = extract_surface(result.sdf, resolution=args.resolution, voxel_mm=args.voxel,
+                              points_mm=result.points_mm)
+    report = result.report()
+    report.update({"surface": surface.report, "watertight": surface.report["watertight"],
+                   "components": surface.report["components"]})
+    return result, surface, report
+
+
+def _config_from_args(args):
+    from .fitting import preset
+
+    if args.max_radius is not None and args.max_radius <= 0:
+        raise InputError(f"--max-radius must be a positive number of mm, got {args.max_radius}")
+    return preset(args.preset, seed=args.seed, max_iterations=args.max_iterations,
+                  time_limit_s=args.time_limit, threads=args.threads, max_radius_mm=args.max_radius,
+                  far_field=False if args.no_far_field else None)
+
+
+def command_fit(args) -> int:
+    from .checkpoint import save_checkpoint
+    from .mesh import write_mesh
+    from .points_io import read_points
+
+    output = _output_path(args.output, MESH_SUFFIXES, "surface output")
+    extra = [(args.checkpoint, (".pt",), "checkpoint"), (args.json, (".json",), "JSON report"),
+             (args.png, (".png",), "picture")]
+    for path, suffixes, what in extra:
+        if path:
+            _output_path(path, suffixes, what)
+    points = read_points(args.points)
+    result, surface, report = fit_and_mesh(points, _config_from_args(args), args)
+    write_mesh(surface.polydata, output)
+    if args.checkpoint:
+        save_checkpoint(result.sdf, args.checkpoint, report)
+    if args.json:
+        write_json(report, args.json)
+    if args.png:
+        from .render import render_png
+
+        render_png(args.png, [surface.polydata], result.points_mm,
+                   title=f"{len(result.points_mm)} points, {report['fit_seconds']:.1f} s")
+    print(f"{output}: {report['points']} points, {report['iterations']} iterations in "
+          f"{report['fit_seconds']:.1f} s, mean |SDF| at the points {report['mean_abs_sdf_at_points_mm']:.3f} mm, "
+          f"{'watertight' if report['watertight'] else 'NOT watertight'}, {report['components']} component(s)")
+    return 0
+
+
+def command_sample(args) -> int:
+    import numpy as np
+
+    from .mesh import read_mesh, sample_points_on_mesh
+    from .points_io import write_points
+
+    output = _output_path(args.output, (".csv", ".txt", ".xyz"), "points output")
+    points = sample_points_on_mesh(read_mesh(args.mesh), args.n, seed=args.seed)
+    if args.noise:
+        points = points + np.random.default_rng(args.seed).normal(scale=args.noise, size=points.shape)
+    write_points(points, output)
+    print(f"{output}: {len(points)} points sampled on {args.mesh}")
+    return 0
+
+
+def command_evaluate(args) -> int:
+    from .mesh import read_mesh
+    from .metrics import compare
+
+    if args.json:
+        _output_path(args.json, (".json",), "JSON report")
+    metrics = compare(read_mesh(args.surface), read_mesh(args.reference), voxel_mm=args.voxel)
+    for key in ("dice", "asd_mm", "hd95_mm"):
+        print(f"{key:8s} {metrics[key]:.4f}")
+    if args.json:
+        write_json(metrics, args.json)
+    return 0
+
+
+def command_demo(args) -> int:
+    from .metrics import compare
+    from .mesh import sample_points_on_mesh, write_mesh
+    from .phantoms import aaa_lumen
+    from .points_io import write_points
+    from .render import render_png
+
+    folder = Path(args.output)
+    folder.mkdir(parents=True, exist_ok=True)
+    phantom = aaa_lumen()
+    points = sample_points_on_mesh(phantom.mesh(), args.points, seed=args.seed)
+    write_points(points, folder / "points.csv")
+    result, surface, report = fit_and_mesh(points, _config_from_args(args), args, description="demo fit")
+    write_mesh(surface.polydata, folder / "surface.stl")
+    report["metrics_vs_phantom"] = compare(surface.polydata, phantom)
+    write_json(report, folder / "report.json")
+    metrics = report["metrics_vs_phantom"]
+    render_png(folder / "surface.png", [surface.polydata], points,
+               title=f"AAA phantom, {len(points)} points: Dice {metrics['dice']:.3f}, "
+                     f"ASD {metrics['asd_mm']:.2f} mm, fit {report['fit_seconds']:.1f} s")
+    print(f"demo: {len(points)} points on the AAA phantom -> fit in {report['fit_seconds']:.1f} s "
+          f"({report['iterations']} iterations): Dice {metrics['dice']:.3f}, ASD {metrics['asd_mm']:.2f} mm, "
+          f"HD95 {metrics['hd95_mm']:.2f} mm")
+    for name in ("points.csv", "surface.stl", "surface.png", "report.json"):
+        print(f"  {folder / name}")
+    return 0
+
+
+def _add_fit_options(parser, with_device=True) -> None:
+    group = parser.add_argument_group("fit options")
+    group.add_argument("--preset", default="fast", choices=["fast", "paper"],
+                       help="fast (default): seconds on a CPU; paper: 6x256, lr 1e-4, 25,000 iterations")
+    group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    group.add_argument("--max-iterations", type=int, metavar="N", help="cap the number of iterations")
+    group.add_argument("--time-limit", type=float, metavar="S", help="stop the fit after S seconds")
+    group.add_argument("--threads", type=int, metavar="N", help="torch CPU threads during the fit (preset default: 1)")
+    group.add_argument("--max-radius", type=float, metavar="MM",
+                       help="largest vessel radius in mm for the far-field prior (default: estimated)")
+    group.add_argument("--no-far-field", action="store_true",
+                       help="the paper's loss alone, without the far-field sign prior")
+    group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                       help="auto (default) uses a CUDA GPU when torch sees one")
+    resolution = group.add_mutually_exclusive_group()
+    resolution.add_argument("--resolution", type=int, default=256, metavar="N",
+                            help="grid nodes along the longest side of the box (default 256)")
+    resolution.add_argument("--voxel", type=float, metavar="MM", help="grid spacing in mm instead of --resolution")
+    group.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Sparse, unoriented points on a vessel wall -> a smooth, watertight vessel surface, "
+                    "held as the zero level set of a neural signed distance function (IGR). "
+                    "Coordinates are millimetres (Slicer RAS).",
+        epilog=f"Example: {PROG} sample surface.stl -n 200 -o points.csv && "
+               f"{PROG} fit points.csv -o fitted.stl --json report.json && "
+               f"{PROG} evaluate fitted.stl --reference surface.stl",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    fit = sub.add_parser("fit", help="fit a surface to points", description="Fit an SDF network to surface points "
+                         "and write its zero level set as a mesh.")
+    fit.add_argument("points", help="points: .csv .txt .xyz, Slicer .mrk.json or .fcsv, or a mesh's vertices")
+    fit.add_argument("-o", "--output", required=True, help="surface: .stl .vtp .ply .obj .vtk")
+    fit.add_argument("--checkpoint", metavar="OUT.pt", help="save the network and its mapping to world mm")
+    fit.add_argument("--json", metavar="REPORT.json", help="write the fit report")
+    fit.add_argument("--png", metavar="OUT.png", help="render the surface with the points")
+    _add_fit_options(fit)
+    fit.set_defaults(handler=command_fit)
+
+    sample = sub.add_parser("sample", help="sample random points on a mesh (area-uniform)")
+    sample.add_argument("mesh", help="mesh: .stl .vtp .ply .obj .vtk")
+    sample.add_argument("-n", type=int, default=200, help="number of points (default 200)")
+    sample.add_argument("-o", "--output", required=True, help="points .csv")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--noise", type=float, default=0.0, metavar="MM", help="Gaussian noise σ in mm (default 0)")
+    sample.set_defaults(handler=command_sample)
+
+    evaluate = sub.add_parser("evaluate", help="Dice, average surface distance and HD95 against a reference")
+    evaluate.add_argument("surface", help="the surface to judge (closed mesh)")
+    evaluate.add_argument("--reference", required=True, help="the reference surface (closed mesh)")
+    evaluate.add_argument("--voxel", type=float, metavar="MM", help="voxel size for Dice (default: automatic)")
+    evaluate.add_argument("--json", metavar="OUT.json", help="write every metric")
+    evaluate.set_defaults(handler=command_evaluate)
+
+    demo = sub.add_parser("demo", help="fit the built-in AAA phantom from 200 points and write pictures")
+    demo.add_argument("-o", "--output", default="vascular-inr-demo", help="folder (default ./vascular-inr-demo)")
+    demo.add_argument("--points", type=int, default=200, help="number of points (default 200)")
+    _add_fit_options(demo)
+    demo.set_defaults(handler=command_demo)
+    return parser
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.showwarning = _print_warning
+    try:
+        return args.handler(args)
+    except InputError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    except FitCancelled as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except ImportError as error:
+        print(f"{PROG}: error: a dependency is missing ({error}); install with "
+              f"'pip install torch==2.13.0 -e .' (CPU build of PyTorch)", file=sys.stderr)
+        return 1
+    except Exception as error:  # the last line of defence: one clear line, details on request
+        if os.environ.get("VASCULAR_INR_DEBUG"):
+            raise
+        print(f"{PROG}: failed: {type(error).__name__}: {error} (set VASCULAR_INR_DEBUG=1 for details)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Fit an SDF network to sparse, unoriented surface points with the IGR loss.
+
+loss = mean |f(x_i)| + λ · E[(‖∇f(x)‖ − 1)²]   (Gropp et al. 2020; λ = 0.1 in the paper)
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, List, Optional
+
+import numpy as np
+import torch
+
+from .errors import FitCancelled, InputError
+from .far_field import FarFieldPrior
+from .network import SDFNetwork
+from .neural_sdf import NeuralSDF
+from .normalization import Normalization
+from .points_check import check_points
+from .sampling import EikonalSampler, local_sigmas
+
+
+@dataclass
+class FitConfig:
+    """Everything that decides a fit. Distances are in the network's normalised units."""
+
+    depth: int = 4
+    width: int = 64
+    skip_layer: Optional[int] = None
+    activation: str = "softplus"
+    beta: float = 100.0
+    init_radius: float = 0.5
+    learning_rate: float = 5e-3
+    lr_schedule: str = "cosine"  # or "constant"
+    eikonal_weight: float = 0.1
+    max_iterations: int = 4000
+    min_iterations: int = 500
+    uniform_samples: int = 512
+    local_samples_per_point: int = 1
+    knn: Optional[int] = None  # None: adapted to the number of points
+    warm_start_lr_factor: float = 0.2  # a warm start continues gently; a full learning rate undoes it
+    far_field: bool = True  # sign prior far from the points (see far_field.py); False: the paper's loss
+    far_field_weight: float = 1.0
+    max_radius_mm: Optional[float] = None  # largest vessel radius; None: estimated from the points
+    check_every: int = 50
+    patience: int = 6  # checks without a 1% gain in the windowed loss before stopping
+    early_stop: bool = True
+    time_limit_s: Optional[float] = None
+    threads: Optional[int] = 1  # torch CPU threads during the fit; None leaves torch's setting
+    seed: int = 0
+
+    def network_config(self, outputs: int = 1) -> dict:
+        return dict(depth=self.depth, width=self.width, skip_layer=self.skip_layer,
+                    outputs=outputs, activation=self.activation, beta=self.beta)
+
+
+PRESETS = {
+    # Fast: small network, high learning rate with cosine decay, the tool's own stopping rule.
+    "fast": FitConfig(max_iterations=2000, min_iterations=1500, patience=10),
+    # Faithful to the paper: 6×256, skip into layer 3, Adam lr 1e-4, 25,000 iterations, λ 0.1.
+    "paper": FitConfig(depth=6, width=256, skip_layer=3, learning_rate=1e-4, lr_schedule="constant",
+                       max_iterations=25000, min_iterations=25000, early_stop=False,
+                       uniform_samples=2048, init_radius=0.5),
+}
+
+
+def preset(name: str = "fast", **overrides) -> FitConfig:
+    """A copy of a named preset with fields overridden (None values are ignored)."""
+    if name not in PRESETS:
+        raise InputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass
+class FitProgress:
+    iteration: int
+    max_iterations: int
+    loss: float
+    elapsed_s: float
+
+
+@dataclass
+class FitResult:
+    sdf: NeuralSDF
+    config: FitConfig
+    points_mm: np.ndarray
+    iterations: int
+    fit_seconds: float
+    stopped_because: str
+    device: str
+    mean_abs_sdf_at_points_mm: float
+    warm_started: bool = False
+    loss_history: List[tuple] = field(default_factory=list)
+    prior: dict = field(default_factory=dict)
+
+    def report(self) -> dict:
+        return {
+            "points": int(len(self.points_mm)),
+            "iterations": int(self.iterations),
+            "fit_seconds": round(self.fit_seconds, 3),
+            "stopped_because": self.stopped_because,
+            "device": self.device,
+            "warm_started": self.warm_started,
+            "mean_abs_sdf_at_points_mm": round(self.mean_abs_sdf_at_points_mm, 4),
+            "scale_mm_per_unit": self.sdf.normalization.scale_mm,
+            **self.prior,
+            "config": asdict(self.config),
+        }
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present; 'cuda' without a GPU is an input error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for, but torch sees no CUDA GPU (use cpu or auto)")
+    if name not in ("cpu", "cuda"):
+        raise InputError(f"unknown device {name!r}; choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+@contextlib.contextmanager
+def torch_threads(count: Optional[int]):
+    """Run with `count` CPU threads (1 is fastest for small networks on few cores), then restore."""
+    if count is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def sdf_and_gradient(network: SDFNetwork, x: torch.Tensor):
+    """f(x) (N, outputs) and ∇f of the first output (N, 3), differentiable for the eikonal term."""
+    x = x.requires_grad_(True)
+    values = network(x)
+    (gradient,) = torch.autograd.grad(values[:, 0].sum(), x, create_graph=True)
+    return values, gradient
+
+
+def training_loss(network: SDFNetwork, points: torch.Tensor, local: torch.Tensor, uniform: torch.Tensor,
+                  config: FitConfig, far_field: Optional[FarFieldPrior] = None,
+                  uniform_distance: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """IGR's loss on unoriented points (mean |f| at the points + λ·eikonal at every sample),
+    plus the far-field sign prior on the uniform samples when one is given."""
+    inputs = torch.cat([points, local, uniform])
+    values, gradient = sdf_and_gradient(network, inputs)
+    loss = values[: len(points), 0].abs().mean()
+    loss = loss + config.eikonal_weight * ((gradient.norm(dim=1) - 1.0) ** 2).mean()
+    if far_field is not None:
+        loss = loss + config.far_field_weight * far_field.penalty(values[-len(uniform):, 0], uniform_distance)
+    return loss
+
+
+def fit_points(
+    points_mm: np.ndarray,
+    config: Optional[FitConfig] = None,
+    *,
+    warm_start: Optional[NeuralSDF] = None,
+    device: str = "auto",
+    progress: Optional[Callable[[FitProgress], None]] = None,
+    progress_every: int = 50,
+    cancel_event: Optional[threading.Event] = None,
+) -> FitResult:
+    """Fit a NeuralSDF to (N,3) world points in mm. Raises InputError, FitCancelled."""
+    config = config or preset("fast")
+    points_mm = check_points(points_mm)
+    torch_device = resolve_device(device)
+    normalization, network, warm = _initial_network(points_mm, config, warm_start, torch_device)
+    with torch_threads(config.threads if torch_device.type == "cpu" else None):
+        result = _optimise(points_mm, config, normalization, network, torch_device,
+                           progress, progress_every, cancel_event,
+                           config.learning_rate * (config.warm_start_lr_factor if warm else 1.0))
+    result.warm_started = warm
+    return result
+
+
+def _initial_network(points_mm, config, warm_start, torch_device):
+    """A fresh sphere-initialised network, or the previous fit's when its domain still holds the points."""
+    if warm_start is not None:
+        if warm_start.normalization.contains(points_mm, half_extent=0.95).all():
+            network = copy.deepcopy(warm_start.network).to(torch_device).train()
+            return warm_start.normalization, network, True
+    torch.manual_seed(config.seed)
+    network = SDFNetwork(init_radius=config.init_radius, **config.network_config()).to(torch_device)
+    return Normalization.fit(points_mm), network, False
+
+
+def _optimise(points_mm, config, normalization, network, device, progress, progress_every, cancel_event,
+              learning_rate):
+    start = time.perf_counter()
+    dtype = torch.float32
+    points_net = torch.as_tensor(normalization.to_net(points_mm), dtype=dtype, device=device)
+    sigmas = torch.as_tensor(local_sigmas(normalization.to_net(points_mm), config.knn), dtype=dtype,
+                             device=device)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(config.seed)
+    sampler = EikonalSampler(points_net, sigmas, generator, config.local_samples_per_point)
+    far_field = None
+    if config.far_field:
+        far_field = FarFieldPrior.build(normalization.to_net(points_mm), normalization.scale_mm,
+                                        config.max_radius_mm, np.random.default_rng(config.seed), device, dtype)
+    optimizer = torch.optim.Adam(network.parameters(), lr=learning_rate)
+    schedule = _lr_schedule(config)
+    best_loss, best_state, stalled = math.inf, None, 0
+    window, history = [], []
+    stopped_because = "max_iterations"
+    iteration = 0
+    for iteration in range(1, config.max_iterations + 1):
+        if cancel_event is not None and cancel_event.is_set():
+            raise FitCancelled("the fit was cancelled")
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate * schedule(iteration - 1)
+        optimizer.zero_grad(set_to_none=True)
+        if far_field is not None:
+            uniform, distance = far_field.draw(config.uniform_samples, generator)
+        else:
+            uniform, distance = sampler.uniform(config.uniform_samples), None
+        loss = training_loss(network, points_net, sampler.local(), uniform, config, far_field, distance)
+        loss.backward()
+        optimizer.step()
+        window.append(float(loss.detach()))
+        if progress is not None and iteration % progress_every == 0:
+            progress(FitProgress(iteration, config.max_iterations, window[-1], time.perf_counter() - start))
+        if iteration % config.check_every == 0:
+            window_loss = float(np.mean(window))
+            window = []
+            history.append((iteration, window_loss))
+            if window_loss < best_loss * 0.99:
+                best_loss, stalled = window_loss, 0
+                best_state = copy.deepcopy(network.state_dict())
+            else:
+                stalled += 1
+            if config.early_stop and iteration >= config.min_iterations and stalled >= config.patience:
+                stopped_because = "converged"
+                break
+        if config.time_limit_s is not None and time.perf_counter() - start > config.time_limit_s:
+            stopped_because = "time_limit"
+            break
+    if best_state is not None and stopped_because == "converged":
+        network.load_state_dict(best_state)
+    network.eval()
+    sdf = NeuralSDF(network, normalization, _bounds(points_mm))
+    mean_abs = float(np.abs(sdf.sdf(points_mm)).mean())
+    return FitResult(sdf=sdf, config=config, points_mm=points_mm, iterations=iteration,
+                     fit_seconds=time.perf_counter() - start, stopped_because=stopped_because,
+                     device=str(device), mean_abs_sdf_at_points_mm=mean_abs, loss_history=history,
+                     prior=far_field.report() if far_field is not None else {})
+
+
+def _lr_schedule(config: FitConfig) -> Callable[[int], float]:
+    if config.lr_schedule == "constant":
+        return lambda step: 1.0
+    if config.lr_schedule == "cosine":
+        total = max(1, config.max_iterations)
+        return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    raise InputError(f"unknown lr_schedule {config.lr_schedule!r}; choose cosine or constant")
+
+
+def _bounds(points_mm: np.ndarray) -> np.ndarray:
+    out = np.empty(6)
+    out[0::2], out[1::2] = points_mm.min(axis=0), points_mm.max(axis=0)
+    return out

@@ -1,0 +1,66 @@
+"""Dice / ASD / time of `fit` per preset on the phantom and the real surfaces in ../shared/data.
+
+    python bench/fit_table.py [--data ../shared/data] [--points 200 400] [--paper-iterations 2000]
+
+Prints a Markdown table and writes bench/out/fit_table.json. The paper preset is capped at
+--paper-iterations (its 25,000 take ~20 min per shape on 2 cores); the cap is printed.
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from VascularINRLib import phantoms  # noqa: E402
+from VascularINRLib.fitting import fit_points, preset  # noqa: E402
+from VascularINRLib.mesh import read_mesh, sample_points_on_mesh  # noqa: E402
+from VascularINRLib.metrics import compare  # noqa: E402
+from VascularINRLib.surface import extract_surface  # noqa: E402
+
+REAL = {"vmtk bifurcation": "vmtk_aorta/aorta-surface.vtp",
+        "sv_demo aorta (long)": "sv_demo/lofted_mm/aorta_lumen_mm.vtp"}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=os.environ.get("VASCULAR_INR_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data")))
+    parser.add_argument("--points", type=int, nargs="+", default=[200, 400])
+    parser.add_argument("--presets", nargs="+", default=["fast", "paper"])
+    parser.add_argument("--paper-iterations", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-far-field", action="store_true", help="the paper's loss alone")
+    args = parser.parse_args()
+    shapes = {"AAA phantom": phantoms.aaa_lumen().mesh()}
+    for name, relative in REAL.items():
+        if (Path(args.data) / relative).is_file():
+            shapes[name] = read_mesh(Path(args.data) / relative)
+    rows = []
+    print(f"paper preset capped at {args.paper_iterations} of its 25,000 iterations; far field "
+          f"{'off' if args.no_far_field else 'on'}")
+    print("| shape | preset | points | iterations | fit s | Dice | ASD mm | HD95 mm | result→ref mm |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for shape, reference in shapes.items():
+        for count in args.points:
+            points = sample_points_on_mesh(reference, count, seed=args.seed)
+            for name in args.presets:
+                cap = args.paper_iterations if name == "paper" else None
+                config = preset(name, max_iterations=cap, min_iterations=cap, seed=args.seed,
+                                far_field=False if args.no_far_field else None)
+                result = fit_points(points, config)
+                surface = extract_surface(result.sdf, resolution=192, points_mm=points)
+                metrics = compare(surface.polydata, reference)
+                row = dict(shape=shape, preset=name, points=count, iterations=result.iterations,
+                           fit_seconds=round(result.fit_seconds, 2), **{k: round(v, 4) for k, v in metrics.items()})
+                rows.append(row)
+                print(f"| {shape} | {name} | {count} | {result.iterations} | {result.fit_seconds:.1f} | "
+                      f"{metrics['dice']:.3f} | {metrics['asd_mm']:.2f} | {metrics['hd95_mm']:.2f} | "
+                      f"{metrics['result_to_reference_mean_mm']:.2f} |", flush=True)
+    out = Path(__file__).resolve().parent / "out"
+    out.mkdir(exist_ok=True)
+    (out / "fit_table.json").write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
