@@ -58,7 +58,7 @@ def render_png(path, surfaces: Sequence[vtk.vtkPolyData], points_mm: Optional[np
         text.GetTextProperty().SetColor(0.1, 0.1, 0.1)
         text.GetTextProperty().SetFontSize(22)
         text.SetPosition(12, 12)
-        renderer.AddActor2D(text)
+        renderer.AddViewProp(text)
     camera = renderer.GetActiveCamera()
     camera.SetFocalPoint(0, 0, 0)
     camera.SetPosition(*((0, 1, 0) if view == "anterior" else (1, 0, 0)))
