@@ -1,13 +1,14 @@
 """Far-field sign prior: a place farther than D from every surface point lies outside the vessel.
 
 IGR's loss constrains f only near the points, so the interior of the initial sphere can survive far
-from them (spurious volume around long, thin vessels). Every point inside a vessel lies within its
-largest radius of the wall; with sparse points, within that radius plus the gap between points. So
-at samples x with d(x) = distance to the nearest point > D we ask f(x) ≥ d(x) − D (a hinge).
+from them (spurious volume around long, thin vessels). Every point inside a vessel lies within the
+vessel's radius of its wall; with sparse points, within that radius plus the gap between points. So
+at samples x with d(x) = distance to the nearest point > D(x) we ask f(x) ≥ d(x) − D(x) (a hinge).
 
-D comes from the largest inscribed radius, estimated without normals' orientation by shrinking
-balls: the largest empty ball tangent at a point on either side of its PCA plane; the smaller
-side is the inside of a convex cross-section.
+D(x) = the largest local radius among x's nearest points + the median point spacing. Local
+radii come from shrinking balls, without oriented normals: the largest empty ball tangent at a point
+on either side of its PCA plane (the smaller side is the inside of a convex cross-section), smoothed
+over neighbours and capped by the largest vessel radius (estimated, or given by the user).
 """
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ from scipy.spatial import cKDTree
 
 POOL_SIZE = 1 << 16
 RADIUS_QUANTILE = 0.95
-RADIUS_SAFETY = 1.25
+RADIUS_SAFETY = 1.0
 NEIGHBOURS_FOR_TANGENT_BALLS = 256
+NEIGHBOURS_FOR_LOCAL_RADIUS = 10
+NEIGHBOURS_OF_A_SAMPLE = 8
 
 
 def pca_normals(points: np.ndarray, k: Optional[int] = None) -> np.ndarray:
@@ -49,13 +52,21 @@ def inscribed_radii(points: np.ndarray) -> np.ndarray:
     return np.minimum(plus, minus)
 
 
-def estimate_max_radius(points: np.ndarray) -> float:
+def estimate_max_radius(points: np.ndarray, radii: Optional[np.ndarray] = None) -> float:
     """The largest vessel radius that the points suggest (a high quantile of inscribed radii)."""
-    radii = inscribed_radii(points)
+    radii = inscribed_radii(points) if radii is None else radii
     radii = radii[np.isfinite(radii)]
     if len(radii) == 0:
         return float(np.ptp(points, axis=0).max()) / 2.0
     return float(np.quantile(radii, RADIUS_QUANTILE))
+
+
+def local_radii(points: np.ndarray, radii: np.ndarray, max_radius: float) -> np.ndarray:
+    """Per point, the vessel radius around it: an upper quartile of its neighbours' inscribed radii."""
+    k = min(NEIGHBOURS_FOR_LOCAL_RADIUS, len(points))
+    _, index = cKDTree(points).query(points, k=k)
+    neighbourhood = np.where(np.isfinite(radii), radii, max_radius)[index]
+    return np.minimum(np.quantile(neighbourhood, 0.75, axis=1), max_radius)
 
 
 def point_spacing(points: np.ndarray) -> float:
@@ -70,32 +81,34 @@ class FarFieldPrior:
 
     samples: torch.Tensor
     distance: torch.Tensor
-    threshold: float  # D in network units
+    threshold: torch.Tensor  # D(x) per sample, network units
     max_radius_mm: float
-    threshold_mm: float
+    threshold_mm: float  # the largest D(x), mm
     radius_estimated: bool
 
     @classmethod
     def build(cls, points_net: np.ndarray, scale_mm: float, max_radius_mm: Optional[float],
               generator: np.random.Generator, device, dtype) -> "FarFieldPrior":
         points_mm = points_net * scale_mm
+        radii = inscribed_radii(points_mm)
         estimated = max_radius_mm is None
         if estimated:
-            max_radius_mm = estimate_max_radius(points_mm)
-        threshold_mm = RADIUS_SAFETY * max_radius_mm + point_spacing(points_mm)
+            max_radius_mm = estimate_max_radius(points_mm, radii)
+        per_point = RADIUS_SAFETY * local_radii(points_mm, radii, max_radius_mm) + point_spacing(points_mm)
         samples = generator.uniform(-1.0, 1.0, size=(POOL_SIZE, 3))
-        distance, _ = cKDTree(points_net).query(samples)
-        return cls(torch.as_tensor(samples, dtype=dtype, device=device),
-                   torch.as_tensor(distance, dtype=dtype, device=device),
-                   threshold_mm / scale_mm, float(max_radius_mm), float(threshold_mm), estimated)
+        distance, index = cKDTree(points_net).query(samples, k=min(NEIGHBOURS_OF_A_SAMPLE, len(points_net)))
+        threshold = per_point[index].max(axis=1) / scale_mm
+        as_tensor = lambda array: torch.as_tensor(array, dtype=dtype, device=device)  # noqa: E731
+        return cls(as_tensor(samples), as_tensor(distance[:, 0]), as_tensor(threshold), float(max_radius_mm),
+                   float(per_point.max()), estimated)
 
     def draw(self, count: int, generator: torch.Generator):
+        """`count` pool samples with their distance to the nearest point and their D(x)."""
         index = torch.randint(len(self.samples), (count,), generator=generator, device=self.samples.device)
-        return self.samples[index], self.distance[index]
+        return self.samples[index], self.distance[index] - self.threshold[index]
 
-    def penalty(self, values: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
-        """mean over far samples of max(0, (d − D) − f)."""
-        excess = distance - self.threshold
+    def penalty(self, values: torch.Tensor, excess: torch.Tensor) -> torch.Tensor:
+        """mean over far samples (excess = d − D(x) > 0) of max(0, excess − f)."""
         far = excess > 0
         if not bool(far.any()):
             return values.sum() * 0.0

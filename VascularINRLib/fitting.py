@@ -147,7 +147,7 @@ def sdf_and_gradient(network: SDFNetwork, x: torch.Tensor):
 
 def training_loss(network: SDFNetwork, points: torch.Tensor, local: torch.Tensor, uniform: torch.Tensor,
                   config: FitConfig, far_field: Optional[FarFieldPrior] = None,
-                  uniform_distance: Optional[torch.Tensor] = None) -> torch.Tensor:
+                  far_excess: Optional[torch.Tensor] = None) -> torch.Tensor:
     """IGR's loss on unoriented points (mean |f| at the points + λ·eikonal at every sample),
     plus the far-field sign prior on the uniform samples when one is given."""
     inputs = torch.cat([points, local, uniform])
@@ -155,7 +155,7 @@ def training_loss(network: SDFNetwork, points: torch.Tensor, local: torch.Tensor
     loss = values[: len(points), 0].abs().mean()
     loss = loss + config.eikonal_weight * ((gradient.norm(dim=1) - 1.0) ** 2).mean()
     if far_field is not None:
-        loss = loss + config.far_field_weight * far_field.penalty(values[-len(uniform):, 0], uniform_distance)
+        loss = loss + config.far_field_weight * far_field.penalty(values[-len(uniform):, 0], far_excess)
     return loss
 
 
@@ -220,10 +220,10 @@ def _optimise(points_mm, config, normalization, network, device, progress, progr
             group["lr"] = learning_rate * schedule(iteration - 1)
         optimizer.zero_grad(set_to_none=True)
         if far_field is not None:
-            uniform, distance = far_field.draw(config.uniform_samples, generator)
+            uniform, excess = far_field.draw(config.uniform_samples, generator)
         else:
-            uniform, distance = sampler.uniform(config.uniform_samples), None
-        loss = training_loss(network, points_net, sampler.local(), uniform, config, far_field, distance)
+            uniform, excess = sampler.uniform(config.uniform_samples), None
+        loss = training_loss(network, points_net, sampler.local(), uniform, config, far_field, excess)
         loss.backward()
         optimizer.step()
         window.append(float(loss.detach()))
