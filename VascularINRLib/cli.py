@@ -66,6 +66,10 @@ def fit_and_mesh(points, config, args, description="fit"):
     report = result.report()
     report.update({"surface": surface.report, "watertight": surface.report["watertight"],
                    "components": surface.report["components"]})
+    reach = surface.report.get("surface_to_points_max_mm", 0.0)
+    if "far_field_distance_mm" in report and reach > 1.5 * report["far_field_distance_mm"]:
+        warnings.warn(f"part of the surface lies {reach:.1f} mm from every point (spurious volume?); "
+                      f"if --max-radius was given, it may be too large")
     return result, surface, report
 
 
@@ -165,6 +169,107 @@ def command_demo(args) -> int:
     return 0
 
 
+def _output_folder(path) -> Path:
+    """A folder to write into: an existing, writable folder, or a new one whose parent exists."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"output {path} exists and is not a folder")
+    parent = path if path.exists() else (path.parent if str(path.parent) else Path("."))
+    if not parent.is_dir():
+        raise InputError(f"output folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"output folder {parent} is not writable")
+    return path
+
+
+def command_nested(args) -> int:
+    from .checkpoint import save_checkpoint
+    from .mesh import read_mesh, write_mesh
+    from .nested import MODES, evaluate_nested, extract_nested_surfaces, fit_nested, render_nested_png
+    from .points_io import read_points
+
+    folder = _output_folder(args.output)
+    if args.check_voxel <= 0:
+        raise InputError(f"--check-voxel must be a positive number of mm, got {args.check_voxel}")
+    given = {"lumen": args.lumen, "inner_wall": args.inner_wall, "outer_wall": args.outer_wall}
+    references = {"lumen": args.reference_lumen, "inner_wall": args.reference_inner_wall,
+                  "outer_wall": args.reference_outer_wall}
+    if args.inner_wall is None and args.reference_inner_wall is not None:
+        raise InputError("--reference-inner-wall needs an INNER_WALL points file")
+    references = {name: read_mesh(path) for name, path in references.items() if path is not None}
+    points = {name: read_points(path) for name, path in given.items() if path is not None}
+    config = _config_from_args(args)
+    walls = 3 if args.inner_wall is not None else 2
+    total = config.max_iterations * (walls if args.mode == "separate" else 1)
+    bar = ProgressBar(total, enabled=not args.quiet, description=f"nested {args.mode}")
+    try:
+        result = fit_nested(points, args.mode, config, device=args.device, progress=bar)
+    finally:
+        bar.close()
+    surfaces = extract_nested_surfaces(result.sdf, result.points_mm, resolution=args.resolution, voxel_mm=args.voxel)
+    report = evaluate_nested(result, surfaces, references, voxel_mm=args.check_voxel)
+    report["checkpoint"] = ("one network with an output per wall" if args.mode != "separate" else
+                            "the separately fitted networks merged exactly into one block-diagonal network "
+                            "(one output per wall)")
+    folder.mkdir(exist_ok=True)
+    written = []
+    for name, surface in surfaces.items():
+        for suffix in (".stl", ".vtp"):
+            write_mesh(surface.polydata, folder / f"{name}{suffix}")
+            written.append(f"{name}{suffix}")
+    save_checkpoint(result.sdf, folder / "nested.pt", report)
+    write_json(report, folder / "report.json")
+    nesting = report["nesting"]
+    render_nested_png(folder / "nested.png", {name: s.polydata for name, s in surfaces.items()},
+                      title=f"{args.mode}: {nesting['order_violation_fraction']:.2%} of the grid out of order, "
+                            f"{nesting['crossing_triangles']} crossing triangles")
+    written += ["nested.pt", "report.json", "nested.png"]
+    print(f"{folder}: {args.mode} fit of {', '.join(result.names)} in {result.fit_seconds:.1f} s "
+          f"({result.iterations} iterations); nesting: {nesting['order_violation_fraction']:.3%} of the grid "
+          f"out of order, {nesting['containment_violation_volume_mm3']:.0f} mm3 of an inner wall outside an outer "
+          f"one, {nesting['crossing_triangles']} crossing triangles")
+    for name, entry in report["walls"].items():
+        metrics = f", Dice {entry['dice']:.3f}, ASD {entry['asd_mm']:.2f} mm" if "dice" in entry else ""
+        print(f"  {name}: {'watertight' if entry['watertight'] else 'NOT watertight'}, "
+              f"{entry['components']} component(s){metrics}")
+    for name in written:
+        print(f"  {folder / name}")
+    return 0
+
+
+def command_blend(args) -> int:
+    from .blending import blend, checked_k, vessels_from_checkpoints
+    from .mesh import write_mesh
+
+    output = _output_path(args.output, MESH_SUFFIXES, "surface output")
+    for path, suffixes, what in [(args.png, (".png",), "picture"), (args.json, (".json",), "JSON report")]:
+        if path:
+            _output_path(path, suffixes, what)
+    k_mm = None if args.hard_union else checked_k(args.k)
+    if not args.voxel > 0:
+        raise InputError(f"--voxel must be a positive number of mm, got {args.voxel}")
+    vessels = vessels_from_checkpoints(args.checkpoints, surface=args.surface)
+    bar = ProgressBar(None, enabled=not args.quiet, description="blend")
+    bar.bar.unit = "pt"
+    try:
+        result = blend(vessels, k_mm=k_mm, voxel_mm=args.voxel, progress=bar.bar.update)
+    finally:
+        bar.close()
+    report = result.report
+    write_mesh(result.polydata, output)
+    if args.json:
+        write_json(report, args.json)
+    if args.png:
+        from .render import render_png
+
+        render_png(args.png, [result.polydata],
+                   title=f"{len(vessels)} vessels, " + (f"k {k_mm:g} mm" if k_mm else "union"))
+    print(f"{output}: {len(vessels)} vessels blended ({'k = %g mm' % k_mm if k_mm else 'plain union'}, "
+          f"{report['voxel_mm']:g} mm grid): {'watertight' if report['watertight'] else 'NOT watertight'}, "
+          f"{report['components']} component(s), {report['volume_mm3']:.0f} mm3")
+    return 0
+
+
 def _add_fit_options(parser, with_device=True) -> None:
     group = parser.add_argument_group("fit options")
     group.add_argument("--preset", default="fast", choices=["fast", "paper"],
@@ -229,6 +334,42 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--points", type=int, default=200, help="number of points (default 200)")
     _add_fit_options(demo)
     demo.set_defaults(handler=command_demo)
+
+    nested = sub.add_parser("nested", help="fit nested walls (lumen, [inner wall,] outer wall) in one go",
+                            description="Fit the lumen, optionally the inner wall, and the outer wall of a vessel "
+                                        "from their points; 'guaranteed' keeps them nested everywhere.")
+    nested.add_argument("lumen", help="points on the lumen (innermost wall)")
+    nested.add_argument("outer_wall", help="points on the outer wall")
+    nested.add_argument("inner_wall", nargs="?", help="points on the inner wall (optional, e.g. lumen + thrombus)")
+    nested.add_argument("-o", "--output", required=True, metavar="DIR",
+                        help="folder for lumen/inner_wall/outer_wall .stl and .vtp, nested.pt, report.json, nested.png")
+    nested.add_argument("--mode", default="guaranteed", choices=["separate", "joint", "guaranteed"],
+                        help="guaranteed (default): nested by construction; joint: one network, an output per "
+                             "wall (the paper); separate: one network per wall")
+    nested.add_argument("--reference-lumen", metavar="MESH", help="reference surface: Dice and ASD in the report")
+    nested.add_argument("--reference-inner-wall", metavar="MESH", help="reference surface of the inner wall")
+    nested.add_argument("--reference-outer-wall", metavar="MESH", help="reference surface of the outer wall")
+    nested.add_argument("--check-voxel", type=float, default=1.0, metavar="MM",
+                        help="grid spacing of the nesting check (default 1 mm)")
+    _add_fit_options(nested)
+    nested.set_defaults(handler=command_nested)
+
+    blend = sub.add_parser("blend", help="blend separately fitted vessels (checkpoints) into one surface",
+                           description="Smooth union of vessels fitted separately, each in its own domain: "
+                                       "min(a, b) - max(k - |a - b|, 0)^2 / (4k) with k in mm.")
+    blend.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoints (.pt) written by fit or nested")
+    blend.add_argument("-o", "--output", required=True, help="surface: .stl .vtp .ply .obj .vtk")
+    union = blend.add_mutually_exclusive_group()
+    union.add_argument("--k", type=float, default=1.0, metavar="MM",
+                       help="width of the blend in mm (default 1; the surface moves out by at most k/4 where "
+                            "vessels meet)")
+    union.add_argument("--hard-union", action="store_true", help="plain union min(a, b), no blending")
+    blend.add_argument("--voxel", type=float, default=0.5, metavar="MM", help="grid spacing in mm (default 0.5)")
+    blend.add_argument("--surface", metavar="NAME", help="which surface of multi-output checkpoints (e.g. lumen)")
+    blend.add_argument("--png", metavar="OUT.png", help="render the blended surface")
+    blend.add_argument("--json", metavar="REPORT.json", help="write the blend report")
+    blend.add_argument("--quiet", action="store_true", help="no progress bar")
+    blend.set_defaults(handler=command_blend)
     return parser
 
 

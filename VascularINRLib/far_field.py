@@ -8,7 +8,7 @@ at samples x with d(x) = distance to the nearest point > D(x) we ask f(x) ≥ d(
 D(x) = the largest local radius among x's nearest points + the median point spacing. Local
 radii come from shrinking balls, without oriented normals: the largest empty ball tangent at a point
 on either side of its PCA plane (the smaller side is the inside of a convex cross-section), smoothed
-over neighbours and capped by the largest vessel radius (estimated, or given by the user).
+over neighbours and capped by the largest vessel radius; a radius given by the user replaces them.
 """
 from __future__ import annotations
 
@@ -94,7 +94,9 @@ class FarFieldPrior:
         estimated = max_radius_mm is None
         if estimated:
             max_radius_mm = estimate_max_radius(points_mm, radii)
-        per_point = RADIUS_SAFETY * local_radii(points_mm, radii, max_radius_mm) + point_spacing(points_mm)
+        # A radius given by the user holds everywhere; an estimated one only caps the local radii.
+        local = local_radii(points_mm, radii, max_radius_mm) if estimated else np.full(len(points_mm), max_radius_mm)
+        per_point = RADIUS_SAFETY * local + point_spacing(points_mm)
         samples = generator.uniform(-1.0, 1.0, size=(POOL_SIZE, 3))
         distance, index = cKDTree(points_net).query(samples, k=min(NEIGHBOURS_OF_A_SAMPLE, len(points_net)))
         threshold = per_point[index].max(axis=1) / scale_mm
@@ -113,6 +115,15 @@ class FarFieldPrior:
         if not bool(far.any()):
             return values.sum() * 0.0
         return torch.relu(excess[far] - values[far]).mean()
+
+    def check(self, network: torch.nn.Module, scale_mm: float) -> dict:
+        """After a fit: how deep the fitted inside reaches beyond D(x), in mm (0 when it never does).
+        A large value means the vessel is wider than the radius the prior was given."""
+        with torch.no_grad():
+            inside = network(self.samples)[:, 0] < 0
+        excess = (self.distance - self.threshold)[inside]
+        depth = float(excess.max()) * scale_mm if len(excess) else 0.0
+        return {"inside_beyond_far_field_mm": round(max(depth, 0.0), 3)}
 
     def report(self) -> dict:
         return {"max_radius_mm": round(self.max_radius_mm, 3), "max_radius_estimated": self.radius_estimated,

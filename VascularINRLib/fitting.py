@@ -9,6 +9,7 @@ import copy
 import math
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, List, Optional
 
@@ -22,6 +23,10 @@ from .neural_sdf import NeuralSDF
 from .normalization import Normalization
 from .points_check import check_points
 from .sampling import EikonalSampler, local_sigmas
+
+
+class FitWarning(UserWarning):
+    """A fit finished but shows a symptom worth the user's attention."""
 
 
 @dataclass
@@ -45,6 +50,7 @@ class FitConfig:
     warm_start_lr_factor: float = 0.2  # a warm start continues gently; a full learning rate undoes it
     far_field: bool = True  # sign prior far from the points (see far_field.py); False: the paper's loss
     far_field_weight: float = 1.0
+    far_field_samples: int = 2048  # per step; they need f alone, not ∇f, so they are cheap
     max_radius_mm: Optional[float] = None  # largest vessel radius; None: estimated from the points
     check_every: int = 50
     patience: int = 6  # checks without a 1% gain in the windowed loss before stopping
@@ -145,18 +151,19 @@ def sdf_and_gradient(network: SDFNetwork, x: torch.Tensor):
     return values, gradient
 
 
-def training_loss(network: SDFNetwork, points: torch.Tensor, local: torch.Tensor, uniform: torch.Tensor,
-                  config: FitConfig, far_field: Optional[FarFieldPrior] = None,
+def training_loss(network: SDFNetwork, points: torch.Tensor, eikonal_samples: torch.Tensor, config: FitConfig,
+                  far_field: Optional[FarFieldPrior] = None, far_samples: Optional[torch.Tensor] = None,
                   far_excess: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """IGR's loss on unoriented points (mean |f| at the points + λ·eikonal at every sample),
-    plus the far-field sign prior on the uniform samples when one is given."""
-    inputs = torch.cat([points, local, uniform])
-    values, gradient = sdf_and_gradient(network, inputs)
-    loss = values[: len(points), 0].abs().mean()
-    loss = loss + config.eikonal_weight * ((gradient.norm(dim=1) - 1.0) ** 2).mean()
-    if far_field is not None:
-        loss = loss + config.far_field_weight * far_field.penalty(values[-len(uniform):, 0], far_excess)
-    return loss
+    """IGR's loss on unoriented points (mean |f| at the points + λ·eikonal at the samples), plus the
+    far-field sign prior. Only the eikonal samples need ∇f (a double backward); the points and the
+    far-field samples need f alone, so they take the cheap path."""
+    _, gradient = sdf_and_gradient(network, eikonal_samples)
+    loss = config.eikonal_weight * ((gradient.norm(dim=1) - 1.0) ** 2).mean()
+    if far_field is None:
+        return loss + network(points)[:, 0].abs().mean()
+    values = network(torch.cat([points, far_samples]))[:, 0]
+    loss = loss + values[: len(points)].abs().mean()
+    return loss + config.far_field_weight * far_field.penalty(values[len(points):], far_excess)
 
 
 def fit_points(
@@ -219,11 +226,11 @@ def _optimise(points_mm, config, normalization, network, device, progress, progr
         for group in optimizer.param_groups:
             group["lr"] = learning_rate * schedule(iteration - 1)
         optimizer.zero_grad(set_to_none=True)
+        eikonal_samples = torch.cat([sampler.local(), sampler.uniform(config.uniform_samples)])
+        far_samples = far_excess = None
         if far_field is not None:
-            uniform, excess = far_field.draw(config.uniform_samples, generator)
-        else:
-            uniform, excess = sampler.uniform(config.uniform_samples), None
-        loss = training_loss(network, points_net, sampler.local(), uniform, config, far_field, excess)
+            far_samples, far_excess = far_field.draw(config.far_field_samples, generator)
+        loss = training_loss(network, points_net, eikonal_samples, config, far_field, far_samples, far_excess)
         loss.backward()
         optimizer.step()
         window.append(float(loss.detach()))
@@ -247,12 +254,20 @@ def _optimise(points_mm, config, normalization, network, device, progress, progr
     if best_state is not None and stopped_because == "converged":
         network.load_state_dict(best_state)
     network.eval()
+    prior = {}
+    if far_field is not None:
+        prior = {**far_field.report(), **far_field.check(network, normalization.scale_mm)}
+        if prior["inside_beyond_far_field_mm"] > 0.5 * far_field.threshold_mm:
+            warnings.warn(f"the fitted vessel reaches {prior['inside_beyond_far_field_mm']:.1f} mm deeper than the "
+                          f"far-field prior allows (largest radius {far_field.max_radius_mm:.1f} mm"
+                          f"{' estimated' if far_field.radius_estimated else ''}): if the vessel is wider, "
+                          f"set a larger max radius (--max-radius)", FitWarning)
     sdf = NeuralSDF(network, normalization, _bounds(points_mm))
     mean_abs = float(np.abs(sdf.sdf(points_mm)).mean())
     return FitResult(sdf=sdf, config=config, points_mm=points_mm, iterations=iteration,
                      fit_seconds=time.perf_counter() - start, stopped_because=stopped_because,
                      device=str(device), mean_abs_sdf_at_points_mm=mean_abs, loss_history=history,
-                     prior=far_field.report() if far_field is not None else {})
+                     prior=prior)
 
 
 def _lr_schedule(config: FitConfig) -> Callable[[int], float]:

@@ -157,8 +157,11 @@ def extract_surface(sdf: Union[SDFFunction, "NeuralSDF"], bounds: Optional[Seque
     if polydata.GetNumberOfPoints() == 0:
         raise InputError("the SDF has no zero level inside the box: nothing to mesh")
     components = kept = 1
+    far = {}
     if points_mm is not None:
         polydata, components, kept = keep_components_near_points(polydata, np.asarray(points_mm))
+        vertices = numpy_support.vtk_to_numpy(polydata.GetPoints().GetData())
+        far = {"surface_to_points_max_mm": round(float(cKDTree(points_mm).query(vertices)[0].max()), 3)}
     polydata = compute_normals(polydata)
     report = {
         "voxel_mm": round(grid.spacing, 5),
@@ -167,6 +170,7 @@ def extract_surface(sdf: Union[SDFFunction, "NeuralSDF"], bounds: Optional[Seque
         "components_found": int(components),
         "components": int(kept),
         "watertight": bool(is_watertight(polydata)),
+        **far,
         "vertices": int(polydata.GetNumberOfPoints()),
         "triangles": int(polydata.GetNumberOfPolys()),
         "evaluate_seconds": round(evaluated - start, 3),

@@ -1,0 +1,73 @@
+"""Long, thin and open vessels: no spurious volume (the far-field sign prior), on real data and phantoms."""
+import numpy as np
+import pytest
+from vtk.util import numpy_support
+
+from VascularINRLib import phantoms
+from VascularINRLib.far_field import estimate_max_radius
+from VascularINRLib.fitting import FitWarning, fit_points, preset
+from VascularINRLib.mesh import read_mesh, sample_points_on_mesh
+from VascularINRLib.metrics import compare
+from VascularINRLib.surface import extract_surface
+
+FAST = preset("fast", early_stop=False)
+
+
+def fit_and_compare(points, reference, config=FAST, resolution=192):
+    result = fit_points(points, config)
+    surface = extract_surface(result.sdf, resolution=resolution, points_mm=points)
+    return result, surface, compare(surface.polydata, reference)
+
+
+@pytest.mark.parametrize("name,count,min_dice", [("aorta", 400, 0.95), ("right_iliac", 200, 0.93)])
+def test_sv_demo_lumen_has_no_spurious_volume(shared_data, name, count, min_dice):
+    reference = read_mesh(shared_data / "sv_demo" / "lofted_mm" / f"{name}_lumen_mm.vtp")
+    points = sample_points_on_mesh(reference, count, seed=1)
+    result, surface, metrics = fit_and_compare(points, reference)
+    print(f"sv_demo {name}, {count} points: {metrics}")
+    assert metrics["dice"] >= min_dice, metrics
+    assert metrics["result_to_reference_mean_mm"] <= 1.0, metrics
+    assert surface.report["components"] == 1 and surface.report["watertight"]
+    assert result.report()["max_radius_estimated"]
+
+
+def test_radius_estimate_follows_the_anatomy():
+    for phantom, radius in [(phantoms.thin_branch(), 3.0), (phantoms.aaa_lumen(), 25.0)]:
+        points = sample_points_on_mesh(phantom.mesh(), 300, seed=0)
+        assert 0.75 * radius < estimate_max_radius(points) < 1.25 * radius
+
+
+def test_thin_branch_from_150_points():
+    branch = phantoms.thin_branch()
+    points = sample_points_on_mesh(branch.mesh(0.2), 150, seed=2)
+    result, surface, metrics = fit_and_compare(points, branch.mesh(0.2), resolution=256)
+    assert metrics["asd_mm"] <= 0.3, metrics
+    assert surface.report["components"] == 1 and surface.report["watertight"]
+    assert surface.report["surface_to_points_max_mm"] < 3.0 + 2.0  # no bulb beyond the data
+
+
+def test_open_ends_stop_near_the_last_points():
+    """Points on a tube's side wall only, as a user clicks them: the ends close within about one
+    radius plus the point spacing beyond the last points (rounded caps), and do not balloon."""
+    radius, length = 5.0, 80.0
+    rng = np.random.default_rng(3)
+    z = rng.uniform(0, length, 250)
+    angle = rng.uniform(0, 2 * np.pi, 250)
+    points = np.stack([radius * np.cos(angle), radius * np.sin(angle), z], axis=1)
+    result = fit_points(points, FAST)
+    surface = extract_surface(result.sdf, resolution=192, points_mm=points)
+    vertices = numpy_support.vtk_to_numpy(surface.polydata.GetPoints().GetData())
+    spacing_allowance = radius + 5.0
+    assert vertices[:, 2].min() > -spacing_allowance and vertices[:, 2].max() < length + spacing_allowance
+    assert np.hypot(vertices[:, 0], vertices[:, 1]).max() < 1.3 * radius
+    assert surface.report["watertight"] and surface.report["components"] == 1
+
+
+def test_a_too_small_max_radius_is_reported():
+    aaa = phantoms.aaa_lumen()
+    points = sample_points_on_mesh(aaa.mesh(), 300, seed=4)
+    with pytest.warns(FitWarning, match="max radius"):
+        result = fit_points(points, preset("fast", early_stop=False, max_iterations=600, max_radius_mm=3.0))
+    report = result.report()
+    assert not report["max_radius_estimated"] and report["max_radius_mm"] == 3.0
+    assert report["inside_beyond_far_field_mm"] > 5.0
