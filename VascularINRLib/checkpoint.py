@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 
 from .errors import InputError
+from .far_field import FarFieldBound
 from .files import atomic_output
 from .network import SDFNetwork
 from .neural_sdf import NeuralSDF
@@ -29,6 +30,7 @@ def checkpoint_dict(sdf: NeuralSDF, report: Optional[dict] = None) -> dict:
         "normalization": sdf.normalization.as_dict(),
         "points_bounds_mm": [float(v) for v in sdf.points_bounds_mm],
         "output_names": list(sdf.output_names),
+        "far_field_bound": sdf.far_field_bound.as_dict() if sdf.far_field_bound is not None else None,
         "report": _plain(report or {}),
     }
 
@@ -48,7 +50,9 @@ def neural_sdf_from_dict(data, source: str = "checkpoint") -> NeuralSDF:
         network = SDFNetwork.from_config(dict(data["network_config"]))
         network.load_state_dict(data["state_dict"])
         normalization = Normalization.from_dict(data["normalization"])
-        return NeuralSDF(network, normalization, data["points_bounds_mm"], data.get("output_names"))
+        bound = data.get("far_field_bound")
+        return NeuralSDF(network, normalization, data["points_bounds_mm"], data.get("output_names"),
+                         FarFieldBound.from_dict(bound) if bound is not None else None)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise InputError(f"{source} does not match its architecture: {str(error).splitlines()[0]}") from None
 

@@ -75,6 +75,32 @@ def point_spacing(points: np.ndarray) -> float:
     return float(np.median(distances[:, 1]))
 
 
+class FarFieldBound:
+    """The prior as a hard bound once fitted: sdf(x) ≥ d(x) − D(x), so the fitted SDF is evaluated as
+    max(network, d − D). It removes spurious volume beyond D(x) by construction; max() keeps every
+    zero crossing nearer than D(x) and keeps nested outputs nested (max is monotone).
+
+    Like the network, it lives in the network's normalised domain: points and reach in net units.
+    """
+
+    def __init__(self, points_net: np.ndarray, reach_net: np.ndarray):
+        self.points_net = np.asarray(points_net, dtype=np.float64)
+        self.reach_net = np.asarray(reach_net, dtype=np.float64)
+        self.tree = cKDTree(self.points_net)
+
+    def __call__(self, points_net: np.ndarray) -> np.ndarray:
+        k = min(NEIGHBOURS_OF_A_SAMPLE, len(self.points_net))
+        distance, index = self.tree.query(points_net, k=k)
+        return distance[:, 0] - self.reach_net[index].max(axis=1)
+
+    def as_dict(self) -> dict:
+        return {"points_net": torch.as_tensor(self.points_net), "reach_net": torch.as_tensor(self.reach_net)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FarFieldBound":
+        return cls(np.asarray(data["points_net"], dtype=np.float64), np.asarray(data["reach_net"], dtype=np.float64))
+
+
 @dataclass
 class FarFieldPrior:
     """A pool of uniform samples in [-1,1]^3 with their distance to the nearest point (net units)."""
@@ -85,6 +111,7 @@ class FarFieldPrior:
     max_radius_mm: float
     threshold_mm: float  # the largest D(x), mm
     radius_estimated: bool
+    bound: FarFieldBound
 
     @classmethod
     def build(cls, points_net: np.ndarray, scale_mm: float, max_radius_mm: Optional[float],
@@ -102,7 +129,7 @@ class FarFieldPrior:
         threshold = per_point[index].max(axis=1) / scale_mm
         as_tensor = lambda array: torch.as_tensor(array, dtype=dtype, device=device)  # noqa: E731
         return cls(as_tensor(samples), as_tensor(distance[:, 0]), as_tensor(threshold), float(max_radius_mm),
-                   float(per_point.max()), estimated)
+                   float(per_point.max()), estimated, FarFieldBound(points_net, per_point / scale_mm))
 
     def draw(self, count: int, generator: torch.Generator):
         """`count` pool samples with their distance to the nearest point and their D(x)."""

@@ -193,7 +193,7 @@ def _initial_network(points_mm, config, warm_start, torch_device):
     """A fresh sphere-initialised network, or the previous fit's when its domain still holds the points."""
     if warm_start is not None:
         if warm_start.normalization.contains(points_mm, half_extent=0.95).all():
-            network = copy.deepcopy(warm_start.network).to(torch_device).train()
+            network = copy.deepcopy(warm_start.network).to(torch_device).train()  # the bound is rebuilt
             return warm_start.normalization, network, True
     torch.manual_seed(config.seed)
     network = SDFNetwork(init_radius=config.init_radius, **config.network_config()).to(torch_device)
@@ -257,12 +257,13 @@ def _optimise(points_mm, config, normalization, network, device, progress, progr
     prior = {}
     if far_field is not None:
         prior = {**far_field.report(), **far_field.check(network, normalization.scale_mm)}
-        if prior["inside_beyond_far_field_mm"] > 0.5 * far_field.threshold_mm:
+        if prior["inside_beyond_far_field_mm"] > far_field.threshold_mm:
             warnings.warn(f"the fitted vessel reaches {prior['inside_beyond_far_field_mm']:.1f} mm deeper than the "
                           f"far-field prior allows (largest radius {far_field.max_radius_mm:.1f} mm"
                           f"{' estimated' if far_field.radius_estimated else ''}): if the vessel is wider, "
                           f"set a larger max radius (--max-radius)", FitWarning)
-    sdf = NeuralSDF(network, normalization, _bounds(points_mm))
+    sdf = NeuralSDF(network, normalization, _bounds(points_mm),
+                    far_field_bound=far_field.bound if far_field is not None else None)
     mean_abs = float(np.abs(sdf.sdf(points_mm)).mean())
     return FitResult(sdf=sdf, config=config, points_mm=points_mm, iterations=iteration,
                      fit_seconds=time.perf_counter() - start, stopped_because=stopped_because,

@@ -21,8 +21,10 @@ class NeuralSDF:
         normalization: Normalization,
         points_bounds_mm: Sequence[float],
         output_names: Optional[Sequence[str]] = None,
+        far_field_bound=None,
     ):
         self.network = network.eval()
+        self.far_field_bound = far_field_bound  # a far_field.FarFieldBound, or None
         self.normalization = normalization
         self.points_bounds_mm = np.asarray(points_bounds_mm, dtype=np.float64).reshape(6)
         outputs = network.config["outputs"]
@@ -48,7 +50,11 @@ class NeuralSDF:
 
     def sdf(self, points_mm: np.ndarray, output: Optional[int] = 0) -> np.ndarray:
         """Signed distance in mm at (N,3) world points; `output=None` returns every output (N, K)."""
-        values = self.sdf_net_units(self.normalization.to_net(points_mm)) * self.normalization.scale_mm
+        points_net = self.normalization.to_net(points_mm)
+        values = self.sdf_net_units(points_net)
+        if self.far_field_bound is not None:
+            values = np.maximum(values, self.far_field_bound(points_net)[:, None])
+        values = values * self.normalization.scale_mm
         return values if output is None else values[:, output]
 
     __call__ = sdf

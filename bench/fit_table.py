@@ -20,7 +20,8 @@ from VascularINRLib.metrics import compare  # noqa: E402
 from VascularINRLib.surface import extract_surface  # noqa: E402
 
 REAL = {"vmtk bifurcation": "vmtk_aorta/aorta-surface.vtp",
-        "sv_demo aorta (long)": "sv_demo/lofted_mm/aorta_lumen_mm.vtp"}
+        "sv_demo aorta (long)": "sv_demo/lofted_mm/aorta_lumen_mm.vtp",
+        "sv_demo right iliac": "sv_demo/lofted_mm/right_iliac_lumen_mm.vtp"}
 
 
 def main():
