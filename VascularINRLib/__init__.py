@@ -21,6 +21,7 @@ _EXPORTS = {
     "read_mesh": "mesh", "write_mesh": "mesh", "sample_points_on_mesh": "mesh",
     "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
     "render_png": "render", "phantoms": None,
+    "fit_nested": "nested", "blend": "blending",
     "InputError": "errors", "FitCancelled": "errors", "VascularINRError": "errors",
 }
 

@@ -5,7 +5,6 @@ import argparse
 import json
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -185,7 +184,7 @@ def _output_folder(path) -> Path:
 def command_nested(args) -> int:
     from .checkpoint import save_checkpoint
     from .mesh import read_mesh, write_mesh
-    from .nested import MODES, evaluate_nested, extract_nested_surfaces, fit_nested, render_nested_png
+    from .nested import evaluate_nested, extract_nested_surfaces, fit_nested, render_nested_png
     from .points_io import read_points
 
     folder = _output_folder(args.output)
@@ -267,6 +266,17 @@ def command_blend(args) -> int:
     print(f"{output}: {len(vessels)} vessels blended ({'k = %g mm' % k_mm if k_mm else 'plain union'}, "
           f"{report['voxel_mm']:g} mm grid): {'watertight' if report['watertight'] else 'NOT watertight'}, "
           f"{report['components']} component(s), {report['volume_mm3']:.0f} mm3")
+    return 0
+
+
+def command_serve(args) -> int:
+    """The VascularINR workflow in a browser (trame-slicer); serves until interrupted."""
+    try:
+        from .web_app import serve
+    except ImportError as error:
+        raise InputError(f"serve needs trame-slicer ({error}); install with "
+                         f"'pip install \"trame-slicer[standalone]==2.0.0\"'") from None
+    serve(args.data, port=args.port, host=args.host, export_dir=args.export_dir)
     return 0
 
 
@@ -370,6 +380,19 @@ def build_parser() -> argparse.ArgumentParser:
     blend.add_argument("--json", metavar="REPORT.json", help="write the blend report")
     blend.add_argument("--quiet", action="store_true", help="no progress bar")
     blend.set_defaults(handler=command_blend)
+
+    serve = sub.add_parser("serve", help="the interactive workflow in a browser (load, click points, fit, export)",
+                           description="Serve the VascularINR workflow as a web page: a volume in slice and 3D "
+                                       "views, points clicked on the vessel wall, a surface refitted after every "
+                                       "change, nested walls, blending, export.")
+    serve.add_argument("data", nargs="*", metavar="DATA",
+                       help="volumes (.nrrd .nii .nii.gz .mha .mhd); default: the built-in AAA phantom CT")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free port)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--export-dir", metavar="DIR",
+                       help="folder for exported surfaces and saved scenes (default: a new temporary folder)")
+    serve.set_defaults(handler=command_serve)
     return parser
 
 

@@ -26,6 +26,7 @@ RADIUS_SAFETY = 1.0
 NEIGHBOURS_FOR_TANGENT_BALLS = 256
 NEIGHBOURS_FOR_LOCAL_RADIUS = 10
 NEIGHBOURS_OF_A_SAMPLE = 8
+BOUND_SAFETY = 1.5  # the hard bound reaches further than the soft prior: no bubbles inside wide vessels
 
 
 def pca_normals(points: np.ndarray, k: Optional[int] = None) -> np.ndarray:
@@ -76,9 +77,10 @@ def point_spacing(points: np.ndarray) -> float:
 
 
 class FarFieldBound:
-    """The prior as a hard bound once fitted: sdf(x) ≥ d(x) − D(x), so the fitted SDF is evaluated as
-    max(network, d − D). It removes spurious volume beyond D(x) by construction; max() keeps every
-    zero crossing nearer than D(x) and keeps nested outputs nested (max is monotone).
+    """The prior as a hard bound once fitted: sdf(x) ≥ d(x) − 1.5·D(x), so the fitted SDF is evaluated
+    as max(network, d − 1.5·D). It removes spurious volume far beyond D(x) by construction; max() keeps
+    every zero crossing nearer than that and keeps nested outputs nested (max is monotone). The margin
+    over the soft prior keeps the inside of a vessel wider than its estimated radius inside.
 
     Like the network, it lives in the network's normalised domain: points and reach in net units.
     """
@@ -129,7 +131,7 @@ class FarFieldPrior:
         threshold = per_point[index].max(axis=1) / scale_mm
         as_tensor = lambda array: torch.as_tensor(array, dtype=dtype, device=device)  # noqa: E731
         return cls(as_tensor(samples), as_tensor(distance[:, 0]), as_tensor(threshold), float(max_radius_mm),
-                   float(per_point.max()), estimated, FarFieldBound(points_net, per_point / scale_mm))
+                   float(per_point.max()), estimated, FarFieldBound(points_net, BOUND_SAFETY * per_point / scale_mm))
 
     def draw(self, count: int, generator: torch.Generator):
         """`count` pool samples with their distance to the nearest point and their D(x)."""

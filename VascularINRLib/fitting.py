@@ -87,6 +87,7 @@ class FitProgress:
     max_iterations: int
     loss: float
     elapsed_s: float
+    snapshot: Optional[Callable[[], NeuralSDF]] = None  # the fit so far, as a NeuralSDF (a copy)
 
 
 @dataclass
@@ -235,7 +236,9 @@ def _optimise(points_mm, config, normalization, network, device, progress, progr
         optimizer.step()
         window.append(float(loss.detach()))
         if progress is not None and iteration % progress_every == 0:
-            progress(FitProgress(iteration, config.max_iterations, window[-1], time.perf_counter() - start))
+            progress(FitProgress(iteration, config.max_iterations, window[-1], time.perf_counter() - start,
+                                 snapshot=lambda: _neural_sdf(copy.deepcopy(network), normalization, points_mm,
+                                                              far_field)))
         if iteration % config.check_every == 0:
             window_loss = float(np.mean(window))
             window = []
@@ -262,13 +265,17 @@ def _optimise(points_mm, config, normalization, network, device, progress, progr
                           f"far-field prior allows (largest radius {far_field.max_radius_mm:.1f} mm"
                           f"{' estimated' if far_field.radius_estimated else ''}): if the vessel is wider, "
                           f"set a larger max radius (--max-radius)", FitWarning)
-    sdf = NeuralSDF(network, normalization, _bounds(points_mm),
-                    far_field_bound=far_field.bound if far_field is not None else None)
+    sdf = _neural_sdf(network, normalization, points_mm, far_field)
     mean_abs = float(np.abs(sdf.sdf(points_mm)).mean())
     return FitResult(sdf=sdf, config=config, points_mm=points_mm, iterations=iteration,
                      fit_seconds=time.perf_counter() - start, stopped_because=stopped_because,
                      device=str(device), mean_abs_sdf_at_points_mm=mean_abs, loss_history=history,
                      prior=prior)
+
+
+def _neural_sdf(network, normalization, points_mm, far_field) -> NeuralSDF:
+    return NeuralSDF(network.eval(), normalization, _bounds(points_mm),
+                     far_field_bound=far_field.bound if far_field is not None else None)
 
 
 def _lr_schedule(config: FitConfig) -> Callable[[int], float]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import vtk
@@ -138,7 +138,7 @@ def keep_components_near_points(polydata: vtk.vtkPolyData, points_mm: np.ndarray
     return out, count, len(keep)
 
 
-def extract_surface(sdf: Union[SDFFunction, "NeuralSDF"], bounds: Optional[Sequence[float]] = None,
+def extract_surface(sdf: SDFFunction, bounds: Optional[Sequence[float]] = None,
                     resolution: Optional[int] = 128, voxel_mm: Optional[float] = None,
                     points_mm: Optional[np.ndarray] = None, coarse_to_fine: bool = True) -> Surface:
     """Mesh the zero level set of `sdf` (a NeuralSDF or any callable in mm) over `bounds`.

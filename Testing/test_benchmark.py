@@ -1,0 +1,147 @@
+"""bench/benchmark.py on a tiny configuration: its files, its table against its JSON, and its clocks.
+
+No assertion here is about speed: the machine that runs the suite may be loaded.
+"""
+import contextlib
+import importlib.util
+import io
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("vascular_inr_benchmark", ROOT / "bench" / "benchmark.py")
+benchmark = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = benchmark  # dataclasses look their module up there
+_spec.loader.exec_module(benchmark)
+
+# 1 shape, N=100, fast capped at 150 iterations, paper at 30, checkpoints every 10, coarse grids
+TINY = ["--shapes", "aaa", "--points", "100", "--seeds", "0", "--fast-iterations", "150",
+        "--paper-iterations", "30", "--checkpoint-every", "10", "--grid-voxels", "5000",
+        "--preview-resolution", "32", "--export-resolution", "48", "--refit-iterations", "20",
+        "--dice-voxel", "1.5", "--distance-samples", "2000", "--no-paper-surface"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("benchmark")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = benchmark.main(TINY + ["-o", str(out)])
+    return code, printed.getvalue(), out
+
+
+def _tables(text):
+    """The Markdown tables of the printed text, each as (header cells, rows of cells)."""
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif current:
+            tables.append((current[0], current[2:]))
+            current = []
+    return tables
+
+
+def _agrees(cell, value, digits):
+    if value is None:
+        return cell == "—"
+    if digits is None:
+        return cell == str(value)
+    return math.isclose(float(cell), value, abs_tol=0.5 * 10 ** -digits + 1e-9)
+
+
+def test_it_writes_the_json_the_markdown_and_a_png(tiny_run):
+    code, printed, out = tiny_run
+    assert code == 0
+    assert (out / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "benchmark.md").read_text() == printed
+    result = json.loads((out / "benchmark.json").read_text())
+    assert result["settings"]["paper_iterations"] == 30 and result["settings"]["fast_iterations"] == 150
+    assert [(run["preset"], run["points"], run["seed"]) for run in result["runs"]] == [("fast", 100, 0),
+                                                                                        ("paper", 100, 0)]
+    fast, paper = result["runs"]
+    assert fast["iterations"] == 150 and paper["iterations"] == 30
+    assert [entry[0] for entry in paper["curve"]] == [10, 20, 30]
+    assert [entry[0] for entry in fast["curve"]] == list(range(10, 151, 10))
+    for run in result["runs"]:
+        assert all(0.0 <= entry[3] <= 1.0 for entry in run["curve"])
+        assert all(a[1] < b[1] for a, b in zip(run["curve"], run["curve"][1:]))  # the fit clock goes forward
+        assert run["checkpoint_evaluation_s"] > 0
+        # ran to its cap, so the last checkpoint saw the SDF that the fit returned
+        assert run["stopped_because"] == "max_iterations"
+        assert run["dice_end_grid"] == pytest.approx(run["curve"][-1][3], abs=1e-4)
+    for key in ("dice", "asd_mm", "hd95_mm", "extract_preview_s", "extract_export_s", "refit_fit_s",
+                "refit_extract_s", "refit_total_s"):
+        assert fast[key] is not None and paper[key] is None
+    assert fast["refit_warm_started"] and fast["refit_iterations"] == 20
+    assert "paper = capped at 30 of its 25,000 iterations" in printed
+    assert "did not reach Dice 0.95" in printed or "needs" in printed  # the paper/fast verdict is printed
+
+
+def test_the_printed_tables_agree_with_the_json(tiny_run):
+    _, printed, out = tiny_run
+    result = json.loads((out / "benchmark.json").read_text())
+    settings = benchmark.Settings(**result["settings"])
+    tables = _tables(printed)
+    assert len(tables) == 2
+    for (header, rows), columns, records in ((tables[0], benchmark.run_columns(settings), result["runs"]),
+                                             (tables[1], benchmark.summary_columns(settings), result["summary"])):
+        assert header == [name for name, _, _ in columns]
+        assert len(rows) == len(records)
+        for row, record in zip(rows, records):
+            for cell, (name, key, digits) in zip(row, columns):
+                assert _agrees(cell, record[key], digits), f"{name}: printed {cell!r}, JSON {record[key]!r}"
+    summary, = result["summary"]
+    fast, paper = result["runs"]
+    assert summary["iteration_time_ratio"] == pytest.approx(fast["iterations_per_s"] / paper["iterations_per_s"])
+    assert summary["paper_dice_end_grid"] == pytest.approx(paper["dice_end_grid"])
+
+
+def test_the_reference_grid_gives_dice_one_to_the_exact_shape_and_less_to_a_thinner_one():
+    from VascularINRLib import phantoms
+    phantom = phantoms.aaa_lumen()
+    grid = benchmark.ReferenceGrid(phantom.mesh(), voxels=20000, margin_fraction=0.05)
+    assert grid.inside.size == pytest.approx(20000, rel=0.2)
+    assert grid.dice(phantom.sdf) > 0.97
+    assert grid.dice(lambda points: phantom.sdf(points) + 2.0) < grid.dice(phantom.sdf) - 0.05
+
+
+class _SlowGrid:
+    """Stands in for ReferenceGrid: records the snapshot's values at a few points and takes 0.2 s."""
+
+    def __init__(self, points):
+        self.points, self.values = points, []
+
+    def dice(self, sdf):
+        self.values.append(np.asarray(sdf(self.points)))
+        time.sleep(0.2)
+        return 0.5
+
+
+def test_checkpoints_read_the_live_network_leave_the_fit_alone_and_stay_off_the_clock():
+    from VascularINRLib import phantoms
+    from VascularINRLib.fitting import fit_points, preset
+    from VascularINRLib.mesh import sample_points_on_mesh
+    points = sample_points_on_mesh(phantoms.aaa_lumen().mesh(), 60, seed=3)
+    config = preset("fast", max_iterations=40, min_iterations=40, seed=3)
+    corners = np.array([[x, y, z] for x in (-60, 60) for y in (-60, 60) for z in (-80, 190)], dtype=float)
+    grid = _SlowGrid(np.vstack([points[:7] + 1.0, corners]))  # near the points, and far (the far-field bound)
+    checkpoints = benchmark.Checkpoints(grid, benchmark._bounds(points))
+    started = time.perf_counter()
+    checkpoints.start()
+    with_callback = fit_points(points, config, device="cpu", progress=checkpoints, progress_every=10)
+    fit_s, _ = checkpoints.fit_clock()
+    wall = time.perf_counter() - started
+    assert [entry[0] for entry in checkpoints.curve] == [10, 20, 30, 40]
+    assert checkpoints.evaluation_s >= 0.8 and wall - fit_s >= 0.8
+    assert not np.allclose(grid.values[0], grid.values[-1])  # the weights were read as they changed
+    # the last snapshot is the SDF that the fit returns (it ran to its cap: no best state restored)
+    np.testing.assert_allclose(grid.values[-1], with_callback.sdf.sdf(grid.points), rtol=1e-5, atol=1e-5)
+    without = fit_points(points, config, device="cpu")
+    np.testing.assert_array_equal(without.sdf.sdf(points), with_callback.sdf.sdf(points))

@@ -1,0 +1,225 @@
+"""`vascular-inr serve` end to end in a real browser: headless Debian chromium driven by playwright.
+
+The server runs as a subprocess on a free port with the built-in AAA phantom CT. The test waits for
+the views to stream, clicks 16 points on the lumen wall (4 per axial slice, on 4 slices) in the
+axial view, waits for the background fit, exports an STL under a hostile file name (it must land,
+sanitised, in --export-dir), re-reads it and checks its Dice against the phantom's lumen within the
+clicked span of slices. Pixel positions come from the phantom's geometry and the axial view's
+XY-to-RAS matrix, which the page publishes in #vinr-info (JSON).
+
+Needs /usr/bin/chromium and the playwright package (Testing/install_browser.sh installs both); skips
+with the reason otherwise. `playwright install` is never used.
+"""
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+LEVELS_MM = (35.0, 50.0, 65.0, 80.0)  # axial slices clicked (the aorta, into the aneurysm sac)
+ANGLES = np.radians([20.0, 110.0, 200.0, 290.0])
+DICE_MIN = 0.6  # 16 points on 4 slices, compared between the first and last slice only
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed "
+                                                          "(run Testing/install_browser.sh)")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wall_points(phantom, z: float) -> np.ndarray:
+    """Points on the lumen wall in the plane S = z, at ANGLES around the lumen's centre (RAS mm)."""
+    grid = np.arange(-60.0, 60.0, 0.5)
+    xx, yy = np.meshgrid(grid, grid)
+    plane = np.column_stack([xx.ravel(), yy.ravel(), np.full(xx.size, z)])
+    inside = plane[phantom.contains(plane)]
+    assert len(inside), f"no lumen at S = {z}"
+    centre = inside.mean(axis=0)
+    points = []
+    for angle in ANGLES:
+        direction = np.array([np.cos(angle), np.sin(angle), 0.0])
+        low, high = 0.0, 40.0  # bisection on the SDF along the ray: inside at low, outside at high
+        for _ in range(30):
+            middle = 0.5 * (low + high)
+            if phantom.sdf((centre + middle * direction)[None])[0] < 0:
+                low = middle
+            else:
+                high = middle
+        points.append(centre + low * direction)
+    return np.array(points)
+
+
+def _slab_dice(surface, phantom, z_range, voxel_mm=0.75) -> float:
+    """Dice of the surface's inside and the phantom's inside, both cut to z_range (the clicked span)."""
+    from VascularINRLib.metrics import occupancy
+    box = np.array(phantom.bounds, dtype=float).reshape(3, 2)
+    box[2] = z_range
+    lower, upper = box[:, 0] - 5.0, box[:, 1] + 5.0
+    lower[2], upper[2] = z_range
+    shape_xyz = np.floor((upper - lower) / voxel_mm).astype(int) + 1
+    shape = tuple(int(n) for n in shape_xyz[::-1])
+    spacing = np.full(3, voxel_mm)
+    result = occupancy(shape, lower, spacing, surface)
+    reference = occupancy(shape, lower, spacing, phantom)
+    return float(2 * np.count_nonzero(result & reference) / (np.count_nonzero(result) + np.count_nonzero(reference)))
+
+
+def _non_blank(png_bytes: bytes) -> bool:
+    import matplotlib.image
+    pixels = matplotlib.image.imread(io.BytesIO(png_bytes), format="png")[..., :3]
+    return float(pixels.std()) > 0.02
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = _free_port()
+    export_dir = tmp_path / "exports"
+    env = dict(os.environ, VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow", PYTHONUNBUFFERED="1")
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "VascularINRLib.cli", "serve", "--port", str(port),
+                                    "--export-dir", str(export_dir)], cwd=REPO_ROOT, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while "App running at" not in log_path.read_text(errors="replace"):
+            assert process.poll() is None, f"the server exited: {log_path.read_text(errors='replace')[-3000:]}"
+            assert time.monotonic() < deadline, "the server did not start within 60 s"
+            time.sleep(0.2)
+        yield {"url": f"http://127.0.0.1:{port}/", "export_dir": export_dir, "log": log_path}
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def test_browser_workflow(server, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed "
+                                                                  "(run Testing/install_browser.sh)")
+    from VascularINRLib import mesh, phantoms
+    phantom = phantoms.aaa_lumen()
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900}, device_scale_factor=1)
+            page.goto(server["url"])
+
+            def info() -> dict:
+                return json.loads(page.locator("#vinr-info").text_content() or "{}")
+
+            def wait_for(predicate, what, timeout_s=60.0):
+                deadline = time.monotonic() + timeout_s
+                while True:
+                    current = info()
+                    if predicate(current):
+                        return current
+                    assert time.monotonic() < deadline, f"timed out waiting for {what}; page info: {current}"
+                    page.wait_for_timeout(100)
+
+            def status_text() -> str:
+                return page.locator("#vinr-status").inner_text()
+
+            # the four views stream: the axial one (largest image) shows the CT
+            page.wait_for_selector("img.image-display-area", timeout=60000)
+            wait_for(lambda i: i.get("views", {}).get("Red", {}).get("size", [0])[0] > 100, "the axial view")
+            axial = max(page.locator("img.image-display-area").all(),
+                        key=lambda image: image.bounding_box()["width"] * image.bounding_box()["height"])
+            deadline = time.monotonic() + 60
+            while not _non_blank(axial.screenshot()):
+                assert time.monotonic() < deadline, "the axial view never streamed an image"
+                page.wait_for_timeout(250)
+
+            # bad actions give a clear message, not a stack trace
+            page.click("#vinr-fit")
+            page.wait_for_function("document.querySelector('#vinr-status').innerText.includes('more')")
+            assert "Traceback" not in status_text()
+            page.click("#vinr-export")
+            page.wait_for_function("document.querySelector('#vinr-status').innerText.includes('model')")
+            assert "select a model to export" in status_text().lower()
+
+            # click 16 points on the lumen wall, 4 on each of 4 axial slices
+            count = 0
+            for z in LEVELS_MM:
+                field = page.locator("#vinr-axial-offset")
+                field.fill(f"{z:g}")
+                field.press("Tab")
+                current = wait_for(lambda i: abs(i["views"]["Red"]["offset"] - z) < 0.51, f"axial slice {z}")
+                page.wait_for_timeout(300)  # the matrix below is the one after the move
+                current = info()
+                view = current["views"]["Red"]
+                ras_to_xy = np.linalg.inv(np.array(view["xy_to_ras"]).reshape(4, 4))
+                width, height = view["size"]
+                box = axial.bounding_box()
+                for point in _wall_points(phantom, z):
+                    x, y = (ras_to_xy @ np.append(point, 1.0))[:2]
+                    assert 0 < x < width and 0 < y < height, f"{point} is outside the axial view"
+                    page_x = box["x"] + x * box["width"] / width
+                    page_y = box["y"] + (height - y) * box["height"] / height
+                    for attempt in range(3):  # a click can be lost while the view re-renders
+                        page.mouse.move(page_x, page_y)
+                        page.mouse.click(page_x, page_y)
+                        try:
+                            wait_for(lambda i: i["point_count"] > count, f"point {count + 1}", timeout_s=5)
+                            break
+                        except AssertionError:
+                            assert attempt < 2, f"point {count + 1} was never placed"
+                    count = info()["point_count"]
+            assert count == len(LEVELS_MM) * len(ANGLES), f"placed {count} points"
+
+            # the background fit ends with a model fitted to all the points
+            done = wait_for(lambda i: not i["busy"] and i["models"] and i["models"][0]["fit"] == count
+                            and i["models"][0]["points"] > 0 and i["status"]["state"] == "done",
+                            "the fit of all points", timeout_s=180)
+            assert "updated" in done["status"]["message"]
+
+            # export under a hostile name: it lands, sanitised, in the export folder
+            page.locator("#vinr-export-name").fill("../../tmp/evil name.stl")
+            page.locator("#vinr-export-name").press("Tab")
+            page.click("#vinr-export")
+            exported = server["export_dir"] / "evil_name.stl"
+            deadline = time.monotonic() + 30
+            while not exported.exists():
+                assert time.monotonic() < deadline, f"no export; status: {status_text()}"
+                page.wait_for_timeout(200)
+            assert "Exported" in status_text()
+            assert sorted(p.name for p in server["export_dir"].iterdir()) == ["evil_name.stl"]
+
+            page.click("#vinr-save-scene")  # the scene, with the model and its network, as .mrb
+            saved = server["export_dir"] / "scene.mrb"
+            page.wait_for_function("document.querySelector('#vinr-status').innerText.startsWith('Scene saved')",
+                                   timeout=60000)
+            assert saved.stat().st_size > 0
+
+            page.wait_for_timeout(1500)  # let the views show the surface
+            screenshot = tmp_path / "web.png"
+            page.screenshot(path=str(screenshot))
+            if os.environ.get("VASCULAR_INR_WEB_SCREENSHOT"):
+                shutil.copyfile(screenshot, os.environ["VASCULAR_INR_WEB_SCREENSHOT"])
+        finally:
+            browser.close()
+
+    # LPS export: flip back to RAS to compare with the phantom
+    surface = mesh.read_mesh(exported)
+    from VascularINRLib.mesh import arrays_from_polydata, polydata_from_arrays
+    vertices, triangles = arrays_from_polydata(surface)
+    surface_ras = polydata_from_arrays(vertices * np.array([-1.0, -1.0, 1.0]), triangles[:, ::-1])
+    dice = _slab_dice(surface_ras, phantom, (LEVELS_MM[0], LEVELS_MM[-1]))
+    print(f"Dice between S = {LEVELS_MM[0]} and {LEVELS_MM[-1]} mm: {dice:.3f}")
+    assert dice > DICE_MIN, f"Dice {dice:.3f} within the clicked span"

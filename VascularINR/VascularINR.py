@@ -1,0 +1,501 @@
+"""VascularINR: points clicked on a vessel wall -> a smooth, watertight vessel surface held in a neural
+signed distance function (IGR), refitted in the background as the points change.
+
+This file only binds Qt controls to `VascularINRLib.scene.SceneLogic`, which does all MRML work (and
+is shared with the browser app); fits run on a worker thread (`VascularINRLib.worker`).
+No `from __future__ import annotations` here: parameterNodeWrapper reads the annotations when the
+class is made, and every annotation in this file is valid at run time on Python 3.9.
+"""
+import importlib
+import importlib.metadata
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, List
+
+import qt
+import vtk
+
+import slicer
+from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLModelNode
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+try:
+    from slicer.i18n import tr as _
+except ImportError:  # slicer-core without the application
+    def _(text: str) -> str:
+        return text
+
+MODULE_DIR = Path(__file__).resolve().parent
+if not (MODULE_DIR / "VascularINRLib").is_dir() and (MODULE_DIR.parent / "VascularINRLib").is_dir():
+    sys.path.append(str(MODULE_DIR.parent))  # a source checkout: the library sits beside the module
+
+from VascularINRLib.scene import (  # noqa: E402
+    COORDINATE_SYSTEMS,
+    EXPORT_FORMATS,
+    NESTED_MODES,
+    FitSettings,
+    SceneLogic,
+    Status,
+    describe_device,
+)
+from VascularINRLib.worker import MainThreadQueue  # noqa: E402
+
+REQUIREMENTS_FILE = MODULE_DIR / "Resources" / "requirements.txt"
+PRESETS = ("fast", "paper")  # the names in VascularINRLib.fitting.PRESETS (fitting imports torch)
+POLL_INTERVAL_MS = 20
+GIL_YIELD_S = 0.008  # while a fit runs, each poll sleeps this long so the worker thread gets the GIL
+
+
+#
+# VascularINR
+#
+
+class VascularINR(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("VascularINR")
+        self.parent.categories = [_("Vascular Modeling")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["VascularINR developers"]
+        self.parent.helpText = _(
+            "Click points on a vessel wall; a neural signed distance function is fitted to them in the "
+            "background and shown as a smooth, watertight surface that follows every added, moved or "
+            "deleted point. Nested walls (lumen, inner and outer wall), blending of several vessels and "
+            "export to STL or VTP in LPS or RAS are in the panels below.")
+        self.parent.acknowledgementText = _(
+            "Implements and extends Alblas, Brune, Yeung and Wolterink, <i>Going off-grid: continuous "
+            "implicit neural representations for 3D vascular modeling</i> (STACOM 2022), built on IGR "
+            "(Gropp et al., ICML 2020).")
+
+
+#
+# Parameter node
+#
+
+@parameterNodeWrapper
+class VascularINRParameterNode:
+    points: vtkMRMLMarkupsFiducialNode
+    model: vtkMRMLModelNode
+    preset: Annotated[str, Choice(PRESETS)] = "fast"
+    resolution: Annotated[int, WithinRange(32, 512)] = 128
+    autoRefit: bool = True
+    lumenPoints: vtkMRMLMarkupsFiducialNode
+    innerWallPoints: vtkMRMLMarkupsFiducialNode
+    outerWallPoints: vtkMRMLMarkupsFiducialNode
+    nestedMode: Annotated[str, Choice(NESTED_MODES)] = "guaranteed"
+    blendK: Annotated[float, WithinRange(0.0, 50.0)] = 2.0
+    blendOutput: vtkMRMLModelNode
+    exportModel: vtkMRMLModelNode
+    exportFormat: Annotated[str, Choice(tuple(EXPORT_FORMATS))] = "STL"
+    exportCoordinateSystem: Annotated[str, Choice(COORDINATE_SYSTEMS)] = "LPS"
+
+
+#
+# VascularINRWidget
+#
+
+class VascularINRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._watchedPoints = None
+        self._pollTimer = None
+        self._missing: List[str] = []
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/VascularINR.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = VascularINRLogic()
+        self.logic.sceneLogic.add_status_listener(self._showStatus)
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(POLL_INTERVAL_MS)
+        self._pollTimer.connect("timeout()", self._poll)
+        self._pollTimer.start()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.placeWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
+        self.ui.installButton.connect("clicked(bool)", self.onInstall)
+        self.ui.demoButton.connect("clicked(bool)", self.onLoadDemo)
+        self.ui.fitButton.connect("clicked(bool)", self.onFit)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.nestedFitButton.connect("clicked(bool)", self.onNestedFit)
+        self.ui.blendButton.connect("clicked(bool)", self.onBlend)
+        self.ui.exportButton.connect("clicked(bool)", self.onExport)
+        self.ui.progressBar.setVisible(False)
+
+        self.initializeParameterNode()
+        self._updateDependencies()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        if self._pollTimer is not None:
+            self._pollTimer.stop()
+        if self.logic is not None:
+            self.logic.shutdown()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+        self._updateDependencies()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self._watchedPoints = None
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def onReload(self) -> None:
+        """Reload the library too (developer mode)."""
+        if self.logic is not None:
+            self.logic.shutdown()
+        for name in [n for n in sys.modules if n == "VascularINRLib" or n.startswith("VascularINRLib.")]:
+            del sys.modules[name]
+        ScriptedLoadableModuleWidget.onReload(self)
+
+    # --- parameter node -----------------------------------------------------------------------
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.points:
+            node = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLMarkupsFiducialNode")
+            if node:
+                self._parameterNode.points = node
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._onParameterNodeModified()
+
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        parameters = self._parameterNode
+        if parameters is None:
+            return
+        self._applySettings()
+        self.ui.placeWidget.setCurrentNode(parameters.points)
+        self._updateWatch()
+        ready = not self._missing
+        self.ui.fitButton.enabled = ready and parameters.points is not None
+        self.ui.nestedFitButton.enabled = ready and self.logic.sceneLogic.nested_available()
+        self.ui.blendButton.enabled = ready and self.logic.sceneLogic.blend_available()
+        self.ui.exportButton.enabled = parameters.exportModel is not None
+        self.ui.exportButton.toolTip = _("Writes {format} in {system} coordinates (mm)").format(
+            format=parameters.exportFormat, system=parameters.exportCoordinateSystem)
+
+    def _applySettings(self) -> None:
+        settings = self.logic.sceneLogic.settings
+        settings.preset = self._parameterNode.preset
+        settings.resolution = self._parameterNode.resolution
+
+    def _updateWatch(self) -> None:
+        """Auto-refit follows the selected point list while the box is ticked."""
+        parameters = self._parameterNode
+        points = parameters.points if parameters.autoRefit and not self._missing else None
+        if self._watchedPoints is not None and self._watchedPoints is not points:
+            self.logic.sceneLogic.set_auto_refit(self._watchedPoints, False)
+        if points is not None:
+            self.logic.sceneLogic.set_auto_refit(points, True, parameters.model)
+        self._watchedPoints = points
+
+    # --- dependencies -------------------------------------------------------------------------
+
+    def _updateDependencies(self) -> None:
+        self._missing = VascularINRLogic.missingRequirements()
+        self.ui.dependenciesFrame.setVisible(bool(self._missing))
+        if self._missing:
+            self.ui.dependenciesLabel.text = _("VascularINR needs Python packages that are not installed: "
+                                               "{packages}.").format(packages=", ".join(self._missing))
+            self.ui.deviceLabel.text = _("PyTorch is not installed")
+        else:
+            try:
+                self.ui.deviceLabel.text = describe_device("auto")
+            except Exception as error:  # a broken torch install
+                self.ui.deviceLabel.text = str(error)
+        if self._parameterNode:
+            self._onParameterNodeModified()
+
+    def onInstall(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Installing the Python packages failed."), waitCursor=True):
+            self.logic.installRequirements(self._missing)
+        self._updateDependencies()
+
+    # --- actions ------------------------------------------------------------------------------
+
+    def onLoadDemo(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Loading the phantom CT failed."), waitCursor=True):
+            volume = self.logic.sceneLogic.add_phantom_ct()
+            slicer.util.setSliceViewerLayers(background=volume, fit=True)
+            if not self._parameterNode.points:
+                self._parameterNode.points = slicer.mrmlScene.AddNewNodeByClass(
+                    "vtkMRMLMarkupsFiducialNode", slicer.mrmlScene.GenerateUniqueName("Vessel wall"))
+
+    def onFit(self) -> None:
+        self._applySettings()
+        self.logic.sceneLogic.request_fit(self._parameterNode.points, self._parameterNode.model)
+
+    def onCancel(self) -> None:
+        self.logic.sceneLogic.cancel()
+
+    def onNestedFit(self) -> None:
+        self._applySettings()
+        parameters = self._parameterNode
+        self.logic.sceneLogic.request_nested_fit(
+            {"lumen": parameters.lumenPoints, "inner_wall": parameters.innerWallPoints,
+             "outer_wall": parameters.outerWallPoints}, parameters.nestedMode)
+
+    def onBlend(self) -> None:
+        self._applySettings()
+        models = list(self.ui.blendModelsSelector.checkedNodes())
+        self.logic.sceneLogic.request_blend(models, self._parameterNode.blendK, self._parameterNode.blendOutput)
+
+    def onExport(self) -> None:
+        parameters = self._parameterNode
+        model, fileFormat, system = parameters.exportModel, parameters.exportFormat, parameters.exportCoordinateSystem
+        if model is None:
+            return
+        folder = qt.QStandardPaths.writableLocation(qt.QStandardPaths.DocumentsLocation)
+        suggested = str(Path(folder) / SceneLogic.export_file_name(model, fileFormat, system))
+        extension = EXPORT_FORMATS[fileFormat]
+        path = qt.QFileDialog.getSaveFileName(
+            self.parent, _("Export '{name}' as {format}, {system} coordinates, mm").format(
+                name=model.GetName(), format=fileFormat, system=system),
+            suggested, f"{fileFormat} (*{extension})")
+        if path:
+            if not path.lower().endswith(extension):
+                path += extension
+            self.logic.sceneLogic.export_model(model, path, system)
+
+    # --- status (main thread: posted callbacks run from the poll timer) -------------------------
+
+    def _poll(self) -> None:
+        self.logic.processEvents()
+        busy = self.logic.sceneLogic.busy
+        self.ui.cancelButton.enabled = busy
+        if busy:
+            time.sleep(GIL_YIELD_S)
+
+    def _showStatus(self, status: Status) -> None:
+        self.ui.statusLabel.text = status.message
+        running = status.state in ("scheduled", "running")
+        self.ui.progressBar.setVisible(running)
+        if running and status.progress is not None:
+            self.ui.progressBar.value = int(round(100 * status.progress))
+        if status.state == "done" and self._parameterNode:
+            parameters = self._parameterNode
+            if parameters.points is not None and parameters.model is None:
+                parameters.model = self.logic.sceneLogic.model_for_points(parameters.points)
+            if parameters.exportModel is None:
+                parameters.exportModel = parameters.model
+
+
+#
+# VascularINRLogic
+#
+
+class VascularINRLogic(ScriptedLoadableModuleLogic):
+    """Usable from the Python console too:
+
+        logic = slicer.util.getModuleLogic("VascularINR")
+        logic.sceneLogic.request_fit(getNode("Vessel wall")); logic.waitForJobs()
+    """
+
+    def __init__(self, scene=None, debounce_s: float = 0.3) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.events = MainThreadQueue()
+        self.scene = scene if scene is not None else slicer.mrmlScene
+        self.sceneLogic = SceneLogic(self.scene, self.events.post, debounce_s)
+
+    def getParameterNode(self):
+        return VascularINRParameterNode(super().getParameterNode())
+
+    def processEvents(self) -> int:
+        """Apply finished fits and progress (posted by the worker); main thread only."""
+        return self.events.process_pending()
+
+    def waitForJobs(self, timeout_s: float = 300.0) -> bool:
+        """Block until every scheduled fit finished and was applied (scripts and tests)."""
+        return self.events.run_until(lambda: not self.sceneLogic.busy, timeout_s)
+
+    def shutdown(self) -> None:
+        self.sceneLogic.shutdown()
+
+    # --- Python dependencies ------------------------------------------------------------------
+
+    @staticmethod
+    def requirements(path: Path = REQUIREMENTS_FILE) -> List[str]:
+        lines = (line.split("#", 1)[0].strip() for line in Path(path).read_text().splitlines())
+        return [line for line in lines if line]
+
+    @staticmethod
+    def missingRequirements(path: Path = REQUIREMENTS_FILE) -> List[str]:
+        """Requirements that are not installed in a matching version (nothing is imported)."""
+        missing = []
+        for requirement in VascularINRLogic.requirements(path):
+            name = _requirement_name(requirement)
+            try:
+                installed = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                missing.append(requirement)
+                continue
+            try:
+                from packaging.requirements import Requirement
+                if not Requirement(requirement).specifier.contains(installed, prereleases=True):
+                    missing.append(requirement)
+            except ImportError:  # without packaging, presence is all that is checked
+                pass
+        return missing
+
+    def installRequirements(self, missing: List[str]) -> None:
+        """Install `missing` after the user confirms: torch through the PyTorch extension when it is
+        installed, the rest through slicer.packaging when present, else slicer.util.pip_install."""
+        torch = [r for r in missing if _requirement_name(r) == "torch"]
+        others = [r for r in missing if r not in torch]
+        torchUtils = self._pytorchUtilsLogic() if torch else None
+        if torchUtils is not None:
+            version = torch[0][len("torch"):].strip()
+            if torchUtils.installTorch(askConfirmation=True, torchVersionRequirement=version) is None:
+                return  # declined
+            torch = []
+        remaining = torch + others
+        if not remaining:
+            return
+        slicerPackaging = self._slicerPackaging()
+        if slicerPackaging is not None:
+            from packaging.requirements import Requirement
+            try:
+                slicerPackaging.pip_ensure([Requirement(r) for r in remaining], requester="VascularINR")
+            except RuntimeError as error:  # the user declined
+                logging.info("VascularINR: %s", error)
+            return
+        message = _("VascularINR needs these Python packages:\n\n{packages}\n\nInstall them now? PyTorch "
+                    "alone is a download of up to a few GB.").format(packages="\n".join(remaining))
+        if slicer.util.confirmOkCancelDisplay(message, _("VascularINR - install Python packages")):
+            slicer.util.pip_install(remaining)
+
+    @staticmethod
+    def _slicerPackaging():
+        """slicer.packaging when this Slicer has it (recent versions), else None."""
+        try:
+            module = importlib.import_module("slicer.packaging")
+        except ImportError:
+            return None
+        return module if hasattr(module, "pip_ensure") else None
+
+    @staticmethod
+    def _pytorchUtilsLogic():
+        try:
+            import PyTorchUtils
+        except ImportError:
+            return None
+        return PyTorchUtils.PyTorchUtilsLogic()
+
+
+def _requirement_name(requirement: str) -> str:
+    return re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0]
+
+
+#
+# VascularINRTest
+#
+
+class VascularINRTest(ScriptedLoadableModuleTest):
+    """Runs in Slicer (Reload and Test, ctest) and headless (pytest, Testing/test_slicer_module.py)."""
+
+    def setUp(self) -> None:
+        self.scene = getattr(slicer, "mrmlScene", None)
+        if self.scene is None:
+            self.scene = slicer.vtkMRMLScene()
+        self.scene.Clear(0)
+
+    def runTest(self) -> None:
+        self.setUp()
+        self.test_FitOnPhantomCT()
+
+    def _say(self, message: str) -> None:
+        logging.info(message)
+        if hasattr(slicer, "app"):
+            self.delayDisplay(message)
+
+    def test_FitOnPhantomCT(self) -> None:
+        missing = VascularINRLogic.missingRequirements()
+        if missing:
+            logging.warning("VascularINR self-test skipped: missing %s", ", ".join(missing))
+            return
+        import numpy as np
+
+        from VascularINRLib import mesh, phantoms
+        logic = VascularINRLogic(scene=self.scene, debounce_s=0.05)
+        scene = logic.sceneLogic
+        scene.settings = FitSettings("fast", 64, "cpu", {"max_iterations": 150, "early_stop": False})
+        try:
+            self._say("Loading the AAA phantom CT")
+            volume = scene.add_phantom_ct(spacing_mm=(2.0, 2.0, 2.0))
+            lumen = phantoms.aaa_nested()["lumen"]
+            wall = mesh.sample_points_on_mesh(lumen.mesh(voxel_mm=1.0), 61, seed=1)
+            points = self.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Lumen wall")
+            for point in wall[:60]:
+                points.AddControlPoint(*point)
+
+            self._say("Fitting 60 points on the lumen wall")
+            self.assertTrue(scene.request_fit(points), scene.status.message)
+            self.assertTrue(logic.waitForJobs(120.0), "the fit did not finish in time")
+            self.assertEqual(scene.status.state, "done", scene.status.message)
+            model = scene.model_for_points(points)
+            self.assertIsNotNone(model)
+            self.assertGreater(model.GetPolyData().GetNumberOfPoints(), 100)
+
+            # The fitted surface separates the contrast-filled lumen from the wall around it in the CT.
+            sdf = scene.network_of(model)
+            hu = slicer.util.arrayFromVolume(volume)  # [k, j, i]
+            ijk = np.argwhere(np.ones(hu.shape[::-1], dtype=bool))[::7]  # every 7th voxel, (i, j, k)
+            ras = np.asarray(volume.GetOrigin()) + ijk * np.asarray(volume.GetSpacing())
+            box = sdf.bounds_with_margin(0.0)
+            near = np.all((ras >= box[0::2]) & (ras <= box[1::2]), axis=1)
+            distance = sdf(ras[near])
+            values = hu[tuple(ijk[near][:, ::-1].T)]
+            inside, shell = values[distance < -2.0], values[(distance > 2.0) & (distance < 5.0)]
+            self.assertGreater(float(np.mean(inside)), 200.0)
+            self.assertLess(float(np.mean(shell)), 120.0)
+
+            self._say("Adding a point: exactly one warm-started refit, same model node")
+            scene.set_auto_refit(points, True)
+            started = scene.fits_started
+            points.AddControlPoint(*wall[60])
+            self.assertTrue(logic.waitForJobs(120.0))
+            self.assertEqual(scene.fits_started, started + 1)
+            self.assertIs(scene.model_for_points(points), model)
+            self.assertTrue(scene.report_of(model)["fit"]["warm_started"])
+            self.assertEqual(scene.report_of(model)["fit"]["points"], 61)
+            self._say("Test passed")
+        finally:
+            logic.shutdown()

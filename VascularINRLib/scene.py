@@ -1,0 +1,770 @@
+"""MRML scene work shared by the front ends (the 3D Slicer module, a trame app): no Qt.
+
+Points come from markups nodes in world RAS millimetres; each fitted surface goes to a model node
+that is updated in place (same node, display settings kept) when a newer fit is ready, and that
+keeps the network behind it in node attributes, so a saved scene (.mrb, or .mrml + files) reloads
+with models that can still be refitted or blended.
+
+Threading contract: every public method runs on the main thread (checked). A fit runs as a
+`FitWorker` job that gets numpy copies of the points and the previous network as text, never an
+MRML object; its outcome comes back through the front end's `post` and is applied here, on the
+main thread. torch and scikit-image are imported inside jobs only, so this module imports (and the
+front end can offer to install them) when they are missing.
+"""
+from __future__ import annotations
+
+import base64
+import functools
+import io
+import json
+import logging
+import math
+import re
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import slicer
+import vtk
+from vtkmodules.util.misc import calldata_type
+
+from .errors import FitCancelled, InputError
+from .worker import DEFAULT_DEBOUNCE_S, FitWorker, Post, Progress
+
+log = logging.getLogger(__name__)
+
+ATTRIBUTE_NETWORK = "VascularINR.Network"  # base64 of torch.save(checkpoint_dict(...))
+ATTRIBUTE_REPORT = "VascularINR.Report"  # JSON of the fit and surface reports
+ATTRIBUTE_STRUCTURE = "VascularINR.Structure"  # a STRUCTURE_COLOURS key
+ATTRIBUTE_OUTPUT = "VascularINR.Output"  # which network output this model is (nested walls)
+ATTRIBUTE_BLEND_K = "VascularINR.BlendK"  # smoothing of a blend, mm
+REFERENCE_POINTS = "VascularINR.Points"  # model -> the point list it was fitted to
+REFERENCE_BLEND_SOURCE = "VascularINR.BlendSource"  # blend model -> its source models
+
+STRUCTURE_COLOURS = {
+    "vessel": (0.90, 0.30, 0.25),
+    "lumen": (0.85, 0.15, 0.15),
+    "inner_wall": (0.95, 0.80, 0.30),
+    "outer_wall": (0.40, 0.60, 0.95),
+    "blend": (0.70, 0.45, 0.85),
+}
+NESTED_WALLS = ("lumen", "inner_wall", "outer_wall")
+NESTED_MODES = ("guaranteed", "joint", "separate")
+COORDINATE_SYSTEMS = ("LPS", "RAS")
+EXPORT_FORMATS = {"STL": ".stl", "VTP": ".vtp"}
+POINT_LIST_CLASSES = ("vtkMRMLMarkupsFiducialNode", "vtkMRMLMarkupsCurveNode")
+POINT_EVENTS = ("PointAddedEvent", "PointModifiedEvent", "PointRemovedEvent", "PointPositionDefinedEvent",
+                "PointPositionUndefinedEvent")
+MIN_POINTS = 10
+
+
+@dataclass
+class FitSettings:
+    """What the front end chose; `overrides` are FitConfig fields, e.g. {"max_iterations": 300}."""
+
+    preset: str = "fast"
+    resolution: int = 128
+    device: str = "auto"
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class Status:
+    """state: idle | scheduled | running | done | error | cancelled; progress 0..1 while running."""
+
+    state: str
+    message: str
+    progress: Optional[float] = None
+    key: Optional[str] = None
+
+
+@dataclass
+class _Outcome:
+    """What a job hands back to the main thread: plain data, no MRML."""
+
+    surfaces: Dict[str, vtk.vtkPolyData]  # structure -> surface
+    network_text: Optional[str]  # None for a blend (its sources keep the networks)
+    report: dict
+    sdf: object = None
+
+
+@dataclass
+class _Task:
+    """A request in flight: the nodes it reads and writes, checked when its outcome arrives."""
+
+    key: str
+    kind: str  # fit | nested | blend
+    label: str
+    inputs: List  # point lists or source models that must still exist
+    outputs: Dict[str, object]  # structure -> model node to update, None to create
+    blend_k_mm: Optional[float] = None
+    abandoned: Optional[str] = None  # why it was cancelled, when a node it needs was deleted
+
+
+# --- networks kept in node attributes -------------------------------------------------------------
+
+def encode_network(sdf, report: Optional[dict] = None) -> str:
+    """base64 text of torch.save(checkpoint_dict(sdf, report)), for a node attribute."""
+    import torch
+
+    from .checkpoint import checkpoint_dict
+    buffer = io.BytesIO()
+    torch.save(checkpoint_dict(sdf, report), buffer)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_network(text: str, source: str = "model attribute"):
+    """The NeuralSDF saved by `encode_network`; untrusted, so read with weights_only=True."""
+    import torch
+
+    from .checkpoint import neural_sdf_from_dict
+    try:
+        buffer = io.BytesIO(base64.b64decode(text.encode("ascii"), validate=True))
+        data = torch.load(buffer, map_location="cpu", weights_only=True)
+    except Exception as error:  # binascii, pickle and torch raise many kinds
+        raise InputError(f"{source} holds no readable network: {str(error).splitlines()[0]}") from None
+    return neural_sdf_from_dict(data, source)
+
+
+def describe_device(device: str = "auto") -> str:
+    """What a fit with `device` would run on, e.g. 'cuda (NVIDIA H200)' or 'cpu'."""
+    from .fitting import resolve_device
+    import torch
+    resolved = resolve_device(device)
+    if resolved.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(resolved)})"
+    return "cpu"
+
+
+# --- jobs: run on the worker thread, plain data only ----------------------------------------------
+
+def _check_cancel(cancel_event: threading.Event) -> None:
+    if cancel_event.is_set():
+        raise FitCancelled("the fit was cancelled")
+
+
+def _fit_progress(report, start: float, span: float):
+    def progress(p) -> None:
+        fraction = min(1.0, p.iteration / max(1, p.max_iterations))
+        report(start + span * fraction, f"iteration {p.iteration}/{p.max_iterations}, loss {p.loss:.3g}")
+    return progress
+
+
+def _summary(fit_report: dict, surface_reports: Dict[str, dict]) -> dict:
+    return {"fit": fit_report, "surfaces": surface_reports}
+
+
+def fit_job(points_mm: np.ndarray, settings: FitSettings, warm_text: Optional[str],
+            cancel_event: threading.Event, report) -> _Outcome:
+    """Fit one point list and mesh it."""
+    from .fitting import fit_points, preset
+    from .surface import extract_surface
+    config = preset(settings.preset, **settings.overrides)
+    warm = decode_network(warm_text) if warm_text else None
+    report(0.0, "fitting", True)
+    result = fit_points(points_mm, config, warm_start=warm, device=settings.device,
+                        progress=_fit_progress(report, 0.0, 0.9), progress_every=25, cancel_event=cancel_event)
+    _check_cancel(cancel_event)
+    report(0.9, "meshing", True)
+    surface = extract_surface(result.sdf, resolution=settings.resolution, points_mm=result.points_mm)
+    _check_cancel(cancel_event)
+    summary = _summary(result.report(), {"vessel": surface.report})
+    return _Outcome({"vessel": surface.polydata}, encode_network(result.sdf, summary), summary, result.sdf)
+
+
+def _nested_module():
+    """VascularINRLib.nested when this version has it, else None."""
+    try:
+        from . import nested
+    except ModuleNotFoundError as error:
+        if error.name is not None and error.name.endswith("nested"):
+            return None
+        raise
+    return nested
+
+
+def _blending_module():
+    """VascularINRLib.blending when this version has it, else None."""
+    try:
+        from . import blending
+    except ModuleNotFoundError as error:
+        if error.name is not None and error.name.endswith("blending"):
+            return None
+        raise
+    return blending
+
+
+def run_nested_fit(points_by_wall: Dict[str, np.ndarray], config, mode: str, device: str, progress,
+                   cancel_event):
+    """The Nested walls panel's call into VascularINRLib.nested; returns its NestedResult."""
+    nested = _nested_module()
+    if nested is None:
+        raise InputError("nested walls need VascularINRLib/nested.py, which this version lacks")
+    return nested.fit_nested(points_by_wall, mode, config, device=device, progress=progress, progress_every=25,
+                             cancel_event=cancel_event)
+
+
+def run_blend(sources: Sequence[tuple], k_mm: float, resolution: int):
+    """The Blend panel's call into VascularINRLib.blending: `sources` are (NeuralSDF, output, name);
+    k 0 is the sharp union. Returns its BlendResult."""
+    blending = _blending_module()
+    if blending is None:
+        raise InputError("blending needs VascularINRLib/blending.py, which this version lacks")
+    vessels = [blending.Vessel.from_neural_sdf(sdf, output, name) for sdf, output, name in sources]
+    k = float(k_mm) if k_mm > 0 else None
+    box = blending.BlendedSDF(vessels, k).surface_bounds()
+    voxel_mm = float(np.max(box[1::2] - box[0::2])) / (max(int(resolution), 8) - 1)
+    return blending.blend(vessels, k, voxel_mm=voxel_mm)
+
+
+def nested_job(points_by_wall: Dict[str, np.ndarray], mode: str, settings: FitSettings,
+               cancel_event: threading.Event, report) -> _Outcome:
+    """Fit the walls with one network (output per wall) and mesh them from one shared grid."""
+    from .fitting import preset
+    config = preset(settings.preset, **settings.overrides)
+    report(0.0, f"fitting nested walls ({mode})", True)
+    result = run_nested_fit(points_by_wall, config, mode, settings.device, _fit_progress(report, 0.0, 0.85),
+                            cancel_event)
+    _check_cancel(cancel_event)
+    report(0.85, "meshing the walls", True)
+    surfaces = _nested_module().extract_nested_surfaces(result.sdf, points_mm=result.points_mm,
+                                                         resolution=settings.resolution)
+    _check_cancel(cancel_event)
+    fit_report = result.report()
+    fit_report.pop("separate_fits", None)
+    summary = _summary(fit_report, {wall: surface.report for wall, surface in surfaces.items()})
+    return _Outcome({wall: surfaces[wall].polydata for wall in points_by_wall if wall in surfaces},
+                    encode_network(result.sdf, summary), summary, result.sdf)
+
+
+def blend_job(sources: Sequence[tuple], k_mm: float, settings: FitSettings,
+              cancel_event: threading.Event, report) -> _Outcome:
+    """Smooth union of the networks in `sources` ((network text, output index, name)), meshed."""
+    report(0.0, "blending", True)
+    sdfs = [(decode_network(text, f"model '{name}'"), output, name) for text, output, name in sources]
+    _check_cancel(cancel_event)
+    result = run_blend(sdfs, k_mm, settings.resolution)
+    _check_cancel(cancel_event)
+    summary = {"blend": {"k_mm": k_mm, "sources": [name for _, _, name in sources]},
+               "surfaces": {"blend": result.report}}
+    return _Outcome({"blend": result.polydata}, None, summary, result.sdf)
+
+
+# --- the logic -----------------------------------------------------------------------------------
+
+class SceneLogic:
+    """Everything the Fit, Nested walls, Blend and Export panels do, on one MRML scene."""
+
+    def __init__(self, scene, post: Post, debounce_s: float = DEFAULT_DEBOUNCE_S,
+                 worker: Optional[FitWorker] = None):
+        self.scene = scene
+        self.settings = FitSettings()
+        self.status = Status("idle", "")
+        self._main_thread = threading.get_ident()
+        self._worker = worker or FitWorker(post, debounce_s)
+        self._listeners: List[Callable[[Status], None]] = []
+        self._tasks: Dict[str, _Task] = {}
+        self._watched: Dict[str, tuple] = {}  # point list ID -> (node, model or None, observer tags)
+        self._last_points: Dict[str, np.ndarray] = {}  # key -> points of its newest request
+        self._networks: Dict[str, tuple] = {}  # model ID -> (attribute text, NeuralSDF)
+        self._scene_tags = [
+            scene.AddObserver(scene.NodeAboutToBeRemovedEvent, self._on_node_about_to_be_removed),
+            scene.AddObserver(scene.StartCloseEvent, self._on_scene_start_close),
+        ]
+
+    # --- status -------------------------------------------------------------------------------
+
+    def add_status_listener(self, listener: Callable[[Status], None]) -> None:
+        self._listeners.append(listener)
+
+    def remove_status_listener(self, listener: Callable[[Status], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _set_status(self, state: str, message: str, progress: Optional[float] = None,
+                    key: Optional[str] = None) -> None:
+        self.status = Status(state, message, progress, key)
+        log.info("%s: %s", state, message)
+        for listener in list(self._listeners):
+            listener(self.status)
+
+    @property
+    def busy(self) -> bool:
+        return self._worker.is_busy()
+
+    @property
+    def fits_started(self) -> int:
+        """Jobs started by the worker so far (each debounced burst of edits starts one)."""
+        return self._worker.started_count
+
+    def _settings_snapshot(self) -> FitSettings:
+        """A copy for a job: the front end may change `settings` while the job runs."""
+        return replace(self.settings, overrides=dict(self.settings.overrides))
+
+    def _require_main_thread(self) -> None:
+        if threading.get_ident() != self._main_thread:
+            raise RuntimeError("VascularINR scene logic must be called on the main thread")
+
+    # --- point lists ------------------------------------------------------------------------------
+
+    def point_list(self, node):
+        """`node` if it is a point list in this scene; InputError naming the problem otherwise."""
+        if node is None:
+            raise InputError("select a point list first")
+        if not any(node.IsA(name) for name in POINT_LIST_CLASSES):
+            raise InputError(f"'{node.GetName()}' is a {_kind(node)}, not a point list")
+        if not self.scene.IsNodePresent(node):
+            raise InputError(f"the point list '{node.GetName()}' is no longer in the scene")
+        return node
+
+    @staticmethod
+    def points_of(node) -> np.ndarray:
+        """The defined control points of a markups node in world RAS mm, (N, 3)."""
+        position = [0.0, 0.0, 0.0]
+        points = []
+        for index in range(node.GetNumberOfControlPoints()):
+            if node.GetNthControlPointPositionStatus(index) != slicer.vtkMRMLMarkupsNode.PositionDefined:
+                continue
+            node.GetNthControlPointPositionWorld(index, position)
+            points.append(list(position))
+        return np.asarray(points, dtype=np.float64).reshape(-1, 3)
+
+    def _checked_points(self, node) -> np.ndarray:
+        from .points_check import check_points
+        points = self.points_of(node)
+        if len(points) < MIN_POINTS:
+            more = MIN_POINTS - len(points)
+            raise InputError(f"'{node.GetName()}' has {len(points)} point(s): add {more} more "
+                             f"(at least {MIN_POINTS} on the vessel wall are needed)")
+        return check_points(points, MIN_POINTS, source=f"'{node.GetName()}'")
+
+    # --- models -------------------------------------------------------------------------------------
+
+    def models(self, structure: Optional[str] = None) -> list:
+        """The model nodes made by VascularINR (of one structure, or all)."""
+        found = []
+        for index in range(self.scene.GetNumberOfNodesByClass("vtkMRMLModelNode")):
+            model = self.scene.GetNthNodeByClass(index, "vtkMRMLModelNode")
+            kind = model.GetAttribute(ATTRIBUTE_STRUCTURE)
+            if kind is not None and (structure is None or kind == structure):
+                found.append(model)
+        return found
+
+    def model_for_points(self, points_node, structure: str = "vessel"):
+        """The model of `structure` fitted to `points_node`, or None."""
+        for model in self.models(structure):
+            if model.GetNodeReferenceID(REFERENCE_POINTS) == points_node.GetID():
+                return model
+        return None
+
+    def model_for_blend(self, sources: Sequence):
+        """The blend model made from exactly these source models, or None."""
+        wanted = sorted(node.GetID() for node in sources)
+        for model in self.models("blend"):
+            ids = [model.GetNthNodeReferenceID(REFERENCE_BLEND_SOURCE, i)
+                   for i in range(model.GetNumberOfNodeReferences(REFERENCE_BLEND_SOURCE))]
+            if sorted(ids) == wanted:
+                return model
+        return None
+
+    def network_of(self, model_node):
+        """The NeuralSDF kept with a model, or None; InputError if the attribute is unreadable."""
+        self._require_main_thread()
+        text = model_node.GetAttribute(ATTRIBUTE_NETWORK) if model_node is not None else None
+        if not text:
+            return None
+        cached = self._networks.get(model_node.GetID())
+        if cached is not None and cached[0] == text:
+            return cached[1]
+        sdf = decode_network(text, f"model '{model_node.GetName()}'")
+        self._networks[model_node.GetID()] = (text, sdf)
+        return sdf
+
+    def report_of(self, model_node) -> dict:
+        text = model_node.GetAttribute(ATTRIBUTE_REPORT) if model_node is not None else None
+        return json.loads(text) if text else {}
+
+    def _new_model(self, name: str, structure: str):
+        model = self.scene.AddNewNodeByClass("vtkMRMLModelNode", self.scene.GenerateUniqueName(name))
+        model.CreateDefaultDisplayNodes()
+        display = model.GetDisplayNode()
+        display.SetColor(*STRUCTURE_COLOURS.get(structure, STRUCTURE_COLOURS["vessel"]))
+        display.SetVisibility2D(True)  # its outline on the slice views
+        display.SetSliceIntersectionThickness(2)
+        model.SetAttribute(ATTRIBUTE_STRUCTURE, structure)
+        return model
+
+    def _update_model(self, model, polydata, structure: str, network_text: Optional[str], report: dict,
+                      output: Optional[int] = None) -> None:
+        """Swap the surface in place (one Modified event); display settings stay as the user left them."""
+        was_modifying = model.StartModify()
+        try:
+            model.SetAndObservePolyData(polydata)
+            model.SetAttribute(ATTRIBUTE_STRUCTURE, structure)
+            if network_text is not None:
+                model.SetAttribute(ATTRIBUTE_NETWORK, network_text)
+            model.SetAttribute(ATTRIBUTE_REPORT, json.dumps(report, default=str))
+            if output is not None:
+                model.SetAttribute(ATTRIBUTE_OUTPUT, str(output))
+        finally:
+            model.EndModify(was_modifying)
+
+    # --- Fit panel ------------------------------------------------------------------------------
+
+    def request_fit(self, points_node, model_node=None, force: bool = True) -> bool:
+        """Schedule a fit of `points_node` into `model_node` (default: its model, made when the first
+        fit is ready); warm-started from that model's network. False with a status message on bad
+        input. Without `force`, unchanged points schedule nothing."""
+        self._require_main_thread()
+        try:
+            points_node = self.point_list(points_node)
+            points = self._checked_points(points_node)
+            if model_node is not None and not model_node.IsA("vtkMRMLModelNode"):
+                raise InputError(f"'{model_node.GetName()}' is a {_kind(model_node)}, not a model")
+            model_node = model_node or self.model_for_points(points_node)
+        except InputError as error:
+            self._set_status("error", _sentence(error))
+            return False
+        key = f"fit:{points_node.GetID()}"
+        previous = self._last_points.get(key)
+        if not force and previous is not None and previous.shape == points.shape and np.array_equal(previous, points):
+            return False
+        self._last_points[key] = points
+        warm_text = model_node.GetAttribute(ATTRIBUTE_NETWORK) if model_node is not None else None
+        task = _Task(key, "fit", points_node.GetName(), [points_node], {"vessel": model_node})
+        job = functools.partial(fit_job, points, self._settings_snapshot(), warm_text)
+        self._submit(task, job)
+        self._set_status("scheduled", f"Fit of '{points_node.GetName()}' ({len(points)} points) scheduled",
+                         0.0, key)
+        return True
+
+    def set_auto_refit(self, points_node, enabled: bool, model_node=None) -> None:
+        """Refit whenever a point of `points_node` is added, moved or deleted (debounced)."""
+        self._require_main_thread()
+        if points_node is None:
+            return
+        self._unwatch(points_node.GetID())
+        if not enabled:
+            return
+        tags = [points_node.AddObserver(getattr(slicer.vtkMRMLMarkupsNode, event), self._on_points_changed)
+                for event in POINT_EVENTS]
+        tags.append(points_node.AddObserver(slicer.vtkMRMLTransformableNode.TransformModifiedEvent,
+                                            self._on_points_changed))
+        self._watched[points_node.GetID()] = (points_node, model_node, tags)
+
+    def is_auto_refit(self, points_node) -> bool:
+        return points_node is not None and points_node.GetID() in self._watched
+
+    def _on_points_changed(self, caller, event) -> None:
+        watched = self._watched.get(caller.GetID())
+        if watched is None:
+            return
+        _, model_node, _ = watched
+        if model_node is not None and not self.scene.IsNodePresent(model_node):
+            model_node = None
+        self.request_fit(caller, model_node, force=False)
+
+    def _unwatch(self, node_id: str) -> None:
+        watched = self._watched.pop(node_id, None)
+        if watched is not None:
+            node, _, tags = watched
+            for tag in tags:
+                node.RemoveObserver(tag)
+
+    def cancel(self) -> bool:
+        """Cancel every scheduled and running job; the models keep their current surfaces."""
+        self._require_main_thread()
+        if not self._worker.cancel():
+            self._set_status("idle", "Nothing to cancel")
+            return False
+        self._last_points.clear()
+        return True
+
+    # --- Nested walls panel -------------------------------------------------------------------------
+
+    def nested_available(self) -> bool:
+        return _nested_module() is not None
+
+    def request_nested_fit(self, points_by_wall: Dict[str, object], mode: str = "guaranteed") -> bool:
+        """One network for the walls in `points_by_wall` (lumen, inner_wall, outer_wall: a point list
+        each); one model per wall, updated in place. False with a status message on bad input."""
+        self._require_main_thread()
+        try:
+            if mode not in NESTED_MODES:
+                raise InputError(f"unknown nested mode {mode!r}; choose {', '.join(NESTED_MODES)}")
+            walls = [wall for wall in NESTED_WALLS if points_by_wall.get(wall) is not None]
+            unknown = set(points_by_wall) - set(NESTED_WALLS)
+            if unknown:
+                raise InputError(f"unknown wall(s) {', '.join(sorted(unknown))}; use {', '.join(NESTED_WALLS)}")
+            if "lumen" not in walls or "outer_wall" not in walls:
+                raise InputError("nested walls need a point list for the lumen and one for the outer wall "
+                                 "(the inner wall is optional)")
+            nodes = {wall: self.point_list(points_by_wall[wall]) for wall in walls}
+            if len({node.GetID() for node in nodes.values()}) < len(nodes):
+                raise InputError("each wall needs its own point list")
+            points = {wall: self._checked_points(node) for wall, node in nodes.items()}
+            if not self.nested_available():
+                raise InputError("nested walls need VascularINRLib/nested.py, which this version lacks")
+        except InputError as error:
+            self._set_status("error", _sentence(error))
+            return False
+        outputs = {wall: self.model_for_points(node, wall) for wall, node in nodes.items()}
+        key = "nested:" + "+".join(node.GetID() for node in nodes.values())
+        label = " / ".join(node.GetName() for node in nodes.values())
+        task = _Task(key, "nested", label, list(nodes.values()), outputs)
+        self._submit(task, functools.partial(nested_job, points, mode, self._settings_snapshot()))
+        self._set_status("scheduled", f"Nested fit of {label} ({mode}) scheduled", 0.0, key)
+        return True
+
+    # --- Blend panel --------------------------------------------------------------------------------
+
+    def blend_available(self) -> bool:
+        return _blending_module() is not None
+
+    def request_blend(self, model_nodes: Sequence, k_mm: float, output_model=None) -> bool:
+        """Smooth union (smoothing `k_mm`) of fitted models into one model. False with a status
+        message on bad input."""
+        self._require_main_thread()
+        try:
+            models = [node for node in model_nodes if node is not None]
+            if len(models) < 2:
+                raise InputError("select at least two fitted models to blend")
+            for node in models:
+                if not node.IsA("vtkMRMLModelNode") or not node.GetAttribute(ATTRIBUTE_NETWORK):
+                    raise InputError(f"'{node.GetName()}' is not a model fitted by VascularINR")
+                if not self.scene.IsNodePresent(node):
+                    raise InputError(f"the model '{node.GetName()}' is no longer in the scene")
+            if not (isinstance(k_mm, (int, float)) and math.isfinite(k_mm) and k_mm >= 0):
+                raise InputError(f"the blend smoothing k must be a distance ≥ 0 mm (0: a sharp union), got {k_mm}")
+            if len({node.GetID() for node in models}) < len(models):
+                raise InputError("each model can be blended once")
+            if output_model is not None and (not output_model.IsA("vtkMRMLModelNode") or output_model in models):
+                raise InputError(f"'{output_model.GetName()}' cannot receive the blend")
+            if not self.blend_available():
+                raise InputError("blending needs VascularINRLib/blending.py, which this version lacks")
+        except InputError as error:
+            self._set_status("error", _sentence(error))
+            return False
+        output_model = output_model or self.model_for_blend(models)
+        sources = [(node.GetAttribute(ATTRIBUTE_NETWORK), int(node.GetAttribute(ATTRIBUTE_OUTPUT) or 0),
+                    node.GetName()) for node in models]
+        key = "blend:" + "+".join(sorted(node.GetID() for node in models))
+        label = " + ".join(node.GetName() for node in models)
+        task = _Task(key, "blend", label, models, {"blend": output_model}, blend_k_mm=float(k_mm))
+        self._submit(task, functools.partial(blend_job, sources, float(k_mm), self._settings_snapshot()),
+                     debounce_s=0.0)
+        self._set_status("scheduled", f"Blend of {label} (k = {k_mm:g} mm) scheduled", 0.0, key)
+        return True
+
+    # --- Export panel --------------------------------------------------------------------------------
+
+    @staticmethod
+    def export_file_name(model_node, file_format: str = "STL", coordinate_system: str = "LPS") -> str:
+        """A file name that states the choice, e.g. 'Vessel_LPS.stl'."""
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", model_node.GetName() or "model").strip("_") or "model"
+        return f"{stem}_{coordinate_system.upper()}{EXPORT_FORMATS[file_format.upper()]}"
+
+    def export_model(self, model_node, path, coordinate_system: str = "LPS") -> Optional[Path]:
+        """Write the model's surface (mm) in LPS or RAS to .stl or .vtp through a model storage node;
+        the scene is unchanged. Returns the path, or None with a status message."""
+        self._require_main_thread()
+        from .files import atomic_output
+        path = Path(path)
+        try:
+            if model_node is None or not model_node.IsA("vtkMRMLModelNode"):
+                raise InputError("select a model to export")
+            polydata = model_node.GetPolyData()
+            if polydata is None or polydata.GetNumberOfPoints() == 0:
+                raise InputError(f"'{model_node.GetName()}' has no surface yet")
+            coordinate_system = coordinate_system.upper()
+            if coordinate_system not in COORDINATE_SYSTEMS:
+                raise InputError(f"coordinate system must be LPS or RAS, got {coordinate_system!r}")
+            if path.suffix.lower() not in EXPORT_FORMATS.values():
+                raise InputError(f"export to .stl or .vtp, not {path.suffix or 'a name without extension'}")
+            storage = slicer.vtkMRMLModelStorageNode()
+            storage.SetCoordinateSystem(slicer.vtkMRMLStorageNode.GetCoordinateSystemTypeFromString(coordinate_system))
+            with atomic_output(path) as temporary:
+                storage.SetFileName(str(temporary))
+                if not storage.WriteData(model_node):
+                    raise InputError(f"writing {path} failed")
+        except InputError as error:
+            self._set_status("error", _sentence(error))
+            return None
+        self._set_status("done", f"Exported '{model_node.GetName()}' to {path} ({coordinate_system}, mm)")
+        return path
+
+    # --- demo data --------------------------------------------------------------------------------
+
+    def add_phantom_ct(self, spacing_mm=(1.0, 1.0, 1.0), name: str = "AAA phantom CT"):
+        """The built-in AAA phantom as a CT volume node (HU, RAS mm), for trying the module."""
+        self._require_main_thread()
+        from vtk.util import numpy_support
+
+        from .phantoms import aaa_ct_volume
+        hu, origin, spacing = aaa_ct_volume(spacing_mm)
+        image = vtk.vtkImageData()
+        image.SetDimensions(hu.shape[2], hu.shape[1], hu.shape[0])
+        image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.ascontiguousarray(hu).ravel(), deep=True))
+        volume = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", self.scene.GenerateUniqueName(name))
+        volume.SetOrigin(*origin)
+        volume.SetSpacing(*spacing)
+        volume.SetAndObserveImageData(image)
+        volume.CreateDefaultDisplayNodes()
+        display = volume.GetDisplayNode()
+        if display is not None:
+            display.AutoWindowLevelOff()
+            display.SetWindowLevel(500.0, 100.0)
+        return volume
+
+    # --- jobs and their outcomes (main thread) ----------------------------------------------------
+
+    def _submit(self, task: _Task, job, debounce_s: Optional[float] = None) -> None:
+        self._tasks[task.key] = task
+        self._worker.submit(task.key, job,
+                            on_result=lambda outcome: self._on_outcome(task, outcome),
+                            on_error=lambda error: self._on_error(task, error),
+                            on_progress=lambda progress: self._on_progress(task, progress),
+                            on_cancelled=lambda: self._on_cancelled(task),
+                            debounce_s=debounce_s)
+
+    def _on_progress(self, task: _Task, progress: Progress) -> None:
+        self._set_status("running", f"{task.kind.capitalize()} of {task.label}: {progress.message}",
+                         progress.fraction, task.key)
+
+    def _on_error(self, task: _Task, error: BaseException) -> None:
+        self._last_points.pop(task.key, None)
+        if isinstance(error, (InputError, ImportError)):
+            message = _sentence(error)
+        else:
+            log.error("%s of %s failed", task.kind, task.label, exc_info=error)
+            message = f"{type(error).__name__}: {error}"
+        self._set_status("error", f"{task.kind.capitalize()} of {task.label} failed: {message}", None, task.key)
+
+    def _on_cancelled(self, task: _Task) -> None:
+        self._last_points.pop(task.key, None)
+        if task.abandoned:
+            self._set_status("error", task.abandoned, None, task.key)
+        else:
+            self._set_status("cancelled", f"{task.kind.capitalize()} of {task.label} cancelled; "
+                                          f"the models keep their previous surfaces", None, task.key)
+
+    def _on_outcome(self, task: _Task, outcome: _Outcome) -> None:
+        self._require_main_thread()
+        gone = [node for node in task.inputs if not self.scene.IsNodePresent(node)]
+        gone += [node for node in task.outputs.values() if node is not None and not self.scene.IsNodePresent(node)]
+        if gone:
+            self._set_status("error", f"'{gone[0].GetName()}' was deleted during the {task.kind}: "
+                                      f"its result was dropped", None, task.key)
+            return
+        updated = []
+        for index, (structure, polydata) in enumerate(outcome.surfaces.items()):
+            model = task.outputs.get(structure)
+            if model is None:
+                model = self._new_model(self._model_name(task, structure), structure)
+                task.outputs[structure] = model
+            output = None
+            if task.kind == "nested":
+                names = list(getattr(outcome.sdf, "output_names", []))
+                output = names.index(structure) if structure in names else index
+            self._update_model(model, polydata, structure, outcome.network_text, outcome.report, output)
+            self._link(task, model, structure)
+            if outcome.network_text is not None and task.kind == "fit":
+                self._networks[model.GetID()] = (model.GetAttribute(ATTRIBUTE_NETWORK), outcome.sdf)
+            updated.append(model.GetName())
+        self._set_status("done", self._done_message(task, outcome, updated), 1.0, task.key)
+
+    def _link(self, task: _Task, model, structure: str) -> None:
+        if task.kind == "blend":
+            model.RemoveNodeReferenceIDs(REFERENCE_BLEND_SOURCE)
+            for source in task.inputs:
+                model.AddNodeReferenceID(REFERENCE_BLEND_SOURCE, source.GetID())
+            model.SetAttribute(ATTRIBUTE_BLEND_K, repr(task.blend_k_mm))
+            return
+        points = task.inputs[0] if task.kind == "fit" else task.inputs[list(task.outputs).index(structure)]
+        if model.GetNodeReferenceID(REFERENCE_POINTS) != points.GetID():
+            model.SetNodeReferenceID(REFERENCE_POINTS, points.GetID())
+
+    @staticmethod
+    def _model_name(task: _Task, structure: str) -> str:
+        if task.kind == "fit":
+            return f"{task.label} surface"
+        if task.kind == "nested":
+            return f"{task.inputs[list(task.outputs).index(structure)].GetName()} {structure.replace('_', ' ')}"
+        return "Blend"
+
+    @staticmethod
+    def _done_message(task: _Task, outcome: _Outcome, updated: List[str]) -> str:
+        fit = outcome.report.get("fit", {})
+        names = ", ".join(f"'{name}'" for name in updated)
+        if task.kind == "blend":
+            return f"{names} updated: blend of {task.label}, k = {task.blend_k_mm:g} mm"
+        points = fit.get("points")
+        residual = fit.get("mean_abs_sdf_at_points_mm")
+        details = []
+        if points is not None:  # a count, or one per wall
+            details.append(f"{sum(points.values()) if isinstance(points, dict) else points} points")
+        if "iterations" in fit:
+            details.append(f"{fit['iterations']} iterations{' (warm start)' if fit.get('warm_started') else ''}")
+        if "fit_seconds" in fit:
+            details.append(f"{fit['fit_seconds']:.1f} s on {fit.get('device', '?')}")
+        if residual is not None:
+            worst = max(residual.values()) if isinstance(residual, dict) else residual
+            details.append(f"mean |SDF| at the points {worst:.2f} mm")
+        return f"{names} updated" + (f": {', '.join(details)}" if details else "")
+
+    # --- scene events -------------------------------------------------------------------------
+
+    @calldata_type(vtk.VTK_OBJECT)
+    def _on_node_about_to_be_removed(self, scene, event, node) -> None:
+        if node is None:
+            return
+        node_id = node.GetID()
+        self._unwatch(node_id)
+        self._networks.pop(node_id, None)
+        for task in list(self._tasks.values()):
+            involved = any(item is node for item in task.inputs) or any(
+                item is node for item in task.outputs.values())
+            if involved and self._worker.is_busy(task.key):
+                task.abandoned = (f"'{node.GetName()}' was deleted: the {task.kind} of {task.label} was "
+                                  f"cancelled and the scene left as it was")
+                self._worker.cancel(task.key)
+
+    def _on_scene_start_close(self, scene, event) -> None:
+        self._worker.cancel()
+        for node_id in list(self._watched):
+            self._unwatch(node_id)
+        self._tasks.clear()
+        self._last_points.clear()
+        self._networks.clear()
+
+    def shutdown(self) -> None:
+        """Cancel everything, stop the worker thread and drop every observer."""
+        self._worker.shutdown()
+        for node_id in list(self._watched):
+            self._unwatch(node_id)
+        for tag in self._scene_tags:
+            self.scene.RemoveObserver(tag)
+        self._scene_tags = []
+        self._listeners.clear()
+
+
+def _kind(node) -> str:
+    """'volume', 'model', ... from a node's class, for messages."""
+    name = node.GetClassName()
+    for word, kind in (("Volume", "volume"), ("Model", "model"), ("Segmentation", "segmentation"),
+                       ("Markups", "markups node"), ("Transform", "transform")):
+        if word in name:
+            return kind
+    return name
+
+
+def _sentence(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text[0].upper() + text[1:]
+
+
+__all__ = ["SceneLogic", "FitSettings", "Status", "encode_network", "decode_network", "describe_device",
+           "STRUCTURE_COLOURS", "NESTED_WALLS", "NESTED_MODES", "COORDINATE_SYSTEMS", "EXPORT_FORMATS",
+           "ATTRIBUTE_NETWORK", "ATTRIBUTE_REPORT", "ATTRIBUTE_STRUCTURE", "REFERENCE_POINTS"]
