@@ -215,47 +215,17 @@ def _optimise(points_mm, config, normalization, network, device, progress, progr
     if config.far_field:
         far_field = FarFieldPrior.build(normalization.to_net(points_mm), normalization.scale_mm,
                                         config.max_radius_mm, np.random.default_rng(config.seed), device, dtype)
-    optimizer = torch.optim.Adam(network.parameters(), lr=learning_rate)
-    schedule = _lr_schedule(config)
-    best_loss, best_state, stalled = math.inf, None, 0
-    window, history = [], []
-    stopped_because = "max_iterations"
-    iteration = 0
-    for iteration in range(1, config.max_iterations + 1):
-        if cancel_event is not None and cancel_event.is_set():
-            raise FitCancelled("the fit was cancelled")
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate * schedule(iteration - 1)
-        optimizer.zero_grad(set_to_none=True)
+
+    def loss_step() -> torch.Tensor:
         eikonal_samples = torch.cat([sampler.local(), sampler.uniform(config.uniform_samples)])
         far_samples = far_excess = None
         if far_field is not None:
             far_samples, far_excess = far_field.draw(config.far_field_samples, generator)
-        loss = training_loss(network, points_net, eikonal_samples, config, far_field, far_samples, far_excess)
-        loss.backward()
-        optimizer.step()
-        window.append(float(loss.detach()))
-        if progress is not None and iteration % progress_every == 0:
-            progress(FitProgress(iteration, config.max_iterations, window[-1], time.perf_counter() - start,
-                                 snapshot=lambda: _neural_sdf(copy.deepcopy(network), normalization, points_mm,
-                                                              far_field)))
-        if iteration % config.check_every == 0:
-            window_loss = float(np.mean(window))
-            window = []
-            history.append((iteration, window_loss))
-            if window_loss < best_loss * 0.99:
-                best_loss, stalled = window_loss, 0
-                best_state = copy.deepcopy(network.state_dict())
-            else:
-                stalled += 1
-            if config.early_stop and iteration >= config.min_iterations and stalled >= config.patience:
-                stopped_because = "converged"
-                break
-        if config.time_limit_s is not None and time.perf_counter() - start > config.time_limit_s:
-            stopped_because = "time_limit"
-            break
-    if best_state is not None and stopped_because == "converged":
-        network.load_state_dict(best_state)
+        return training_loss(network, points_net, eikonal_samples, config, far_field, far_samples, far_excess)
+
+    iteration, stopped_because, history = run_adam(
+        network, loss_step, config, learning_rate, start, progress, progress_every, cancel_event,
+        snapshot=lambda: _neural_sdf(copy.deepcopy(network), normalization, points_mm, far_field))
     network.eval()
     prior = {}
     if far_field is not None:
@@ -271,6 +241,52 @@ def _optimise(points_mm, config, normalization, network, device, progress, progr
                      fit_seconds=time.perf_counter() - start, stopped_because=stopped_because,
                      device=str(device), mean_abs_sdf_at_points_mm=mean_abs, loss_history=history,
                      prior=prior)
+
+
+def run_adam(model: torch.nn.Module, loss_step: Callable[[], torch.Tensor], config: FitConfig,
+             learning_rate: float, start: float, progress=None, progress_every: int = 50,
+             cancel_event: Optional[threading.Event] = None, snapshot: Optional[Callable[[], NeuralSDF]] = None):
+    """Adam on `loss_step()` with the configured schedule and the tool's own stopping rule: stop when
+    the loss, averaged over `check_every` steps, has not gained 1% for `patience` checks (then the
+    best weights are restored), at `max_iterations`, or past `time_limit_s` since `start`.
+    Returns (iterations, stopped_because, loss history). Raises FitCancelled."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    schedule = _lr_schedule(config)
+    best_loss, best_state, stalled = math.inf, None, 0
+    window, history = [], []
+    stopped_because = "max_iterations"
+    iteration = 0
+    for iteration in range(1, config.max_iterations + 1):
+        if cancel_event is not None and cancel_event.is_set():
+            raise FitCancelled("the fit was cancelled")
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate * schedule(iteration - 1)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_step()
+        loss.backward()
+        optimizer.step()
+        window.append(float(loss.detach()))
+        if progress is not None and iteration % progress_every == 0:
+            progress(FitProgress(iteration, config.max_iterations, window[-1], time.perf_counter() - start,
+                                 snapshot=snapshot))
+        if iteration % config.check_every == 0:
+            window_loss = float(np.mean(window))
+            window = []
+            history.append((iteration, window_loss))
+            if window_loss < best_loss * 0.99:
+                best_loss, stalled = window_loss, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                stalled += 1
+            if config.early_stop and iteration >= config.min_iterations and stalled >= config.patience:
+                stopped_because = "converged"
+                break
+        if config.time_limit_s is not None and time.perf_counter() - start > config.time_limit_s:
+            stopped_because = "time_limit"
+            break
+    if best_state is not None and stopped_because == "converged":
+        model.load_state_dict(best_state)
+    return iteration, stopped_because, history
 
 
 def _neural_sdf(network, normalization, points_mm, far_field) -> NeuralSDF:

@@ -36,7 +36,6 @@ thrombus only in the sac): the guaranteed walls are then still nested there.
 """
 from __future__ import annotations
 
-import copy
 import math
 import threading
 import time
@@ -51,9 +50,10 @@ from scipy.spatial import cKDTree
 from torch import nn
 from vtk.util import numpy_support
 
-from .errors import FitCancelled, InputError
+from .errors import InputError
 from .far_field import FarFieldPrior
-from .fitting import FitConfig, FitProgress, FitResult, fit_points, preset, resolve_device, torch_threads
+from .fitting import (FitConfig, FitProgress, FitResult, fit_points, preset, resolve_device, run_adam,
+                      torch_threads)
 from .mesh import compute_normals, is_watertight
 from .network import SDFNetwork
 from .neural_sdf import NeuralSDF
@@ -432,41 +432,10 @@ def _fit_one_network(walls, mode, config, normalization, bounds, device, progres
         far_field = FarFieldPrior.build(normalization.to_net(walls[names[-1]]), normalization.scale_mm,
                                         config.max_radius_mm, np.random.default_rng(config.seed), device, dtype)
     far_count = getattr(config, "far_field_samples", config.uniform_samples)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    schedule = _lr_schedule(config)
-    best_loss, best_state, stalled = math.inf, None, 0
-    window, history = [], []
-    stopped_because = "max_iterations"
-    iteration = 0
-    for iteration in range(1, config.max_iterations + 1):
-        if cancel_event is not None and cancel_event.is_set():
-            raise FitCancelled("the fit was cancelled")
-        for group in optimizer.param_groups:
-            group["lr"] = config.learning_rate * schedule(iteration - 1)
-        optimizer.zero_grad(set_to_none=True)
-        loss = _nested_loss(model, all_points, slices, sampler, config, far_field, far_outputs, far_count, generator)
-        loss.backward()
-        optimizer.step()
-        window.append(float(loss.detach()))
-        if progress is not None and iteration % progress_every == 0:
-            progress(FitProgress(iteration, config.max_iterations, window[-1], time.perf_counter() - start))
-        if iteration % config.check_every == 0:
-            window_loss = float(np.mean(window))
-            window = []
-            history.append((iteration, window_loss))
-            if window_loss < best_loss * 0.99:
-                best_loss, stalled = window_loss, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                stalled += 1
-            if config.early_stop and iteration >= config.min_iterations and stalled >= config.patience:
-                stopped_because = "converged"
-                break
-        if config.time_limit_s is not None and time.perf_counter() - start > config.time_limit_s:
-            stopped_because = "time_limit"
-            break
-    if best_state is not None and stopped_because == "converged":
-        model.load_state_dict(best_state)
+    iteration, stopped_because, history = run_adam(
+        model, lambda: _nested_loss(model, all_points, slices, sampler, config, far_field, far_outputs, far_count,
+                                    generator),
+        config, config.learning_rate, start, progress, progress_every, cancel_event)
     model = model.eval()
     network = model.to_plain() if isinstance(model, NestedNetwork) else model
     sdf = NeuralSDF(network.eval(), normalization, bounds, names)
@@ -498,15 +467,6 @@ def _nested_loss(model, points, slices, sampler, config, far_field, far_outputs,
     for k, wall in enumerate(slices):
         loss = loss + values[wall, k].abs().mean()
     return loss
-
-
-def _lr_schedule(config: FitConfig) -> Callable[[int], float]:
-    if config.lr_schedule == "constant":
-        return lambda step: 1.0
-    if config.lr_schedule == "cosine":
-        total = max(1, config.max_iterations)
-        return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-    raise InputError(f"unknown lr_schedule {config.lr_schedule!r}; choose cosine or constant")
 
 
 # --- surfaces on one grid ----------------------------------------------------------------------------
