@@ -42,6 +42,7 @@ from vtk.util import numpy_support
 
 from .errors import InputError
 from .mesh import compute_normals, connected_components, is_watertight, mesh_volume_mm3
+from .metrics import distances_to_surface
 from .neural_sdf import NeuralSDF
 
 CHUNK_POINTS = 1 << 18
@@ -389,27 +390,14 @@ def compare_in_region(result: vtk.vtkPolyData, reference: vtk.vtkPolyData, keep:
     seeds = np.random.SeedSequence(seed).spawn(2)
     forward_points = sample_points_on_mesh(result, n_samples, seed=seeds[0])
     backward_points = sample_points_on_mesh(reference, n_samples, seed=seeds[1])
-    forward = _distances(forward_points[keep(forward_points)], reference)
-    backward = _distances(backward_points[keep(backward_points)], result)
+    forward = distances_to_surface(forward_points[keep(forward_points)], reference)
+    backward = distances_to_surface(backward_points[keep(backward_points)], result)
     both = np.concatenate([forward, backward])
     return {"dice": float(dice), "asd_mm": float(both.mean()),
             "hd95_mm": float(max(np.percentile(forward, 95), np.percentile(backward, 95))),
             "result_to_reference_mean_mm": float(forward.mean()),
             "reference_to_result_mean_mm": float(backward.mean()),
             "region_voxels": int(np.count_nonzero(region))}
-
-
-def _distances(points: np.ndarray, surface: vtk.vtkPolyData) -> np.ndarray:
-    locator = vtk.vtkStaticCellLocator()
-    locator.SetDataSet(surface)
-    locator.BuildLocator()
-    closest, cell = [0.0, 0.0, 0.0], vtk.vtkGenericCell()
-    cell_id, sub_id, squared = vtk.reference(0), vtk.reference(0), vtk.reference(0.0)
-    out = np.empty(len(points))
-    for index, point in enumerate(points.tolist()):
-        locator.FindClosestPoint(point, closest, cell, cell_id, sub_id, squared)
-        out[index] = squared.get()
-    return np.sqrt(out)
 
 
 def cap_planes(polydata: vtk.vtkPolyData, face_ids: Sequence[int], array: str = "ModelFaceID") -> List[dict]:

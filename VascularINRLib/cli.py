@@ -269,6 +269,24 @@ def command_blend(args) -> int:
     return 0
 
 
+def command_reproduce(args) -> int:
+    """The paper's three experiments on the data at hand: results.json, results.md and PNGs in a folder."""
+    from .reproduce import command_line, default_data_dir, run
+
+    folder = _output_folder(args.output)
+    if args.data is not None and not Path(args.data).is_dir():
+        raise InputError(f"data folder {args.data} does not exist")
+    data = Path(args.data) if args.data is not None else default_data_dir()
+    if not data.is_dir():
+        print(f"{PROG}: data folder {data} is absent: only the phantoms are used "
+              f"(set --data or $VASCULAR_INR_DATA)", file=sys.stderr)
+        data = None
+    results = run(folder, data, plan="quick" if args.quick else "full", command=command_line())
+    print(f"{folder}: results.json, results.md and {len(list(folder.glob('*.png')))} PNGs "
+          f"in {results['seconds']:.0f} s")
+    return 0
+
+
 def command_serve(args) -> int:
     """The VascularINR workflow in a browser (trame-slicer); serves until interrupted."""
     try:
@@ -393,6 +411,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--export-dir", metavar="DIR",
                        help="folder for exported surfaces and saved scenes (default: a new temporary folder)")
     serve.set_defaults(handler=command_serve)
+
+    reproduce = sub.add_parser("reproduce", help="the paper's experiments (robustness, nested walls, blending) "
+                               "as figures and tables",
+                               description="Regenerate the paper's three experiments on the data at hand and "
+                                           "write results.json, results.md and PNGs into a folder.")
+    reproduce.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the results")
+    reproduce.add_argument("--data", metavar="DIR",
+                           help="data folder (default: $VASCULAR_INR_DATA, else shared/data beside the repository)")
+    reproduce.add_argument("--quick", action="store_true",
+                           help="a few minutes: fewer shapes, points, seeds and iterations (the cuts are printed)")
+    reproduce.set_defaults(handler=command_reproduce)
     return parser
 
 

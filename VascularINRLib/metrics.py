@@ -203,7 +203,7 @@ def _as_surface(shape: Shape, role: str) -> vtk.vtkPolyData:
     raise InputError(f"surface distances need a mesh or a Phantom as {role}, got {type(shape).__name__}")
 
 
-def _distances_to_surface(points: np.ndarray, surface: vtk.vtkPolyData) -> np.ndarray:
+def distances_to_surface(points: np.ndarray, surface: vtk.vtkPolyData) -> np.ndarray:
     """Exact unsigned point-to-triangle distances (vtkStaticCellLocator.FindClosestPoint)."""
     locator = vtk.vtkStaticCellLocator()
     locator.SetDataSet(surface)
@@ -226,9 +226,9 @@ def surface_distances(result: Shape, reference: Shape, n_samples: int = 20000, s
     result_surface = _as_surface(result, "result")
     reference_surface = _as_surface(reference, "reference")
     result_seed, reference_seed = np.random.SeedSequence(seed).spawn(2)
-    forward = _distances_to_surface(sample_points_on_mesh(result_surface, n_samples, seed=result_seed),
+    forward = distances_to_surface(sample_points_on_mesh(result_surface, n_samples, seed=result_seed),
                                     reference_surface)
-    backward = _distances_to_surface(sample_points_on_mesh(reference_surface, n_samples, seed=reference_seed),
+    backward = distances_to_surface(sample_points_on_mesh(reference_surface, n_samples, seed=reference_seed),
                                      result_surface)
     return {
         "result_to_reference_mean_mm": float(forward.mean()),
