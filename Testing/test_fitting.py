@@ -139,3 +139,11 @@ def test_paper_preset_is_faithful():
     assert (config.depth, config.width, config.skip_layer) == (6, 256, 3)
     assert config.learning_rate == 1e-4 and config.max_iterations == 25000
     assert config.eikonal_weight == 0.1 and config.lr_schedule == "constant"
+
+
+def test_a_warm_start_runs_the_short_refit_schedule(aaa):
+    points = sample_points_on_mesh(aaa.mesh(), 100, seed=9)
+    first = fit_points(points, preset("fast", max_iterations=50, early_stop=False))
+    refit = fit_points(points, preset("fast", early_stop=False), warm_start=first.sdf)
+    assert refit.warm_started and refit.iterations == preset("fast").warm_start_iterations
+    assert preset("paper").warm_start_iterations is None  # the paper preset stays faithful

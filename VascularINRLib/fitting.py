@@ -48,6 +48,7 @@ class FitConfig:
     local_samples_per_point: int = 1
     knn: Optional[int] = None  # None: adapted to the number of points
     warm_start_lr_factor: float = 0.2  # a warm start continues gently; a full learning rate undoes it
+    warm_start_iterations: Optional[int] = 400  # a refit after a few new points needs far fewer steps
     far_field: bool = True  # sign prior far from the points (see far_field.py); False: the paper's loss
     far_field_weight: float = 1.0
     far_field_samples: int = 2048  # per step; they need f alone, not ∇f, so they are cheap
@@ -70,7 +71,7 @@ PRESETS = {
     # Faithful to the paper: 6×256, skip into layer 3, Adam lr 1e-4, 25,000 iterations, λ 0.1.
     "paper": FitConfig(depth=6, width=256, skip_layer=3, learning_rate=1e-4, lr_schedule="constant",
                        max_iterations=25000, min_iterations=25000, early_stop=False,
-                       uniform_samples=2048, init_radius=0.5),
+                       uniform_samples=2048, init_radius=0.5, warm_start_iterations=None),
 }
 
 
@@ -182,6 +183,9 @@ def fit_points(
     points_mm = check_points(points_mm)
     torch_device = resolve_device(device)
     normalization, network, warm = _initial_network(points_mm, config, warm_start, torch_device)
+    if warm and config.warm_start_iterations is not None:
+        steps = min(config.max_iterations, config.warm_start_iterations)
+        config = replace(config, max_iterations=steps, min_iterations=min(config.min_iterations, steps))
     with torch_threads(config.threads if torch_device.type == "cpu" else None):
         result = _optimise(points_mm, config, normalization, network, torch_device,
                            progress, progress_every, cancel_event,
