@@ -195,3 +195,22 @@ def test_real_vmtk_segments_blend_into_the_bifurcation(shared_data):
     print(f"vmtk segments blended, against aorta-surface below y = 176.6 mm: Dice {metrics['dice']:.4f}, "
           f"ASD {metrics['asd_mm']:.3f} mm")
     assert metrics["dice"] > 0.93 and metrics["asd_mm"] < 0.6, metrics
+
+
+def test_a_blob_that_no_fitted_point_lies_on_is_dropped():
+    """An under-trained fit can leave a small inside blob inside its own box: with the vessels'
+    points known, the blend keeps only components that points lie on."""
+    aorta = phantoms.vessel_tree()[0]
+    bounds = aorta.bounds
+    blob_centre = np.array([bounds[1] + 6.0, (bounds[2] + bounds[3]) / 2, (bounds[4] + bounds[5]) / 2])
+
+    def with_blob(points):
+        return np.minimum(aorta.sdf(points), np.linalg.norm(points - blob_centre, axis=1) - 3.0)
+
+    grown = bounds + np.array([0, 12, 0, 0, 0, 0])
+    bare = Vessel.analytic(with_blob, grown, name="aorta")
+    known = Vessel(bare.sdf, bare.domain, bare.surface_bounds, "aorta",
+                   points_mm=sample_points_on_mesh(aorta.mesh(), 300, seed=0))
+    assert blend([bare], k_mm=None, voxel_mm=1.0).report["components"] == 2
+    result = blend([known], k_mm=None, voxel_mm=1.0)
+    assert result.report["components"] == 1 and result.report["watertight"]

@@ -103,6 +103,7 @@ class Vessel:
     surface_bounds: np.ndarray
     name: str = "vessel"
     outside_gap_mm: float = field(default=None)
+    points_mm: Optional[np.ndarray] = None  # the fitted points, when known: blobs without any are dropped
 
     def __post_init__(self):
         self.domain = np.asarray(self.domain, dtype=np.float64).reshape(6)
@@ -120,8 +121,10 @@ class Vessel:
         center, half = np.asarray(sdf.normalization.center), float(sdf.normalization.scale_mm)
         domain = np.empty(6)
         domain[0::2], domain[1::2] = center - half, center + half
+        bound = sdf.far_field_bound
+        points = None if bound is None else sdf.normalization.to_world(bound.points_net)
         return cls(lambda points: sdf.sdf(points, output=output), domain, sdf.points_bounds_mm,
-                   name or sdf.output_names[output], outside_gap_mm=DOMAIN_GAP * half)
+                   name or sdf.output_names[output], outside_gap_mm=DOMAIN_GAP * half, points_mm=points)
 
     @classmethod
     def analytic(cls, sdf: Callable[[np.ndarray], np.ndarray], surface_bounds: Sequence[float],
@@ -236,9 +239,11 @@ def blend(items: Sequence, k_mm: Optional[float] = DEFAULT_K_MM, voxel_mm: float
 
     `k_mm` None gives the plain union. The grid (spacing `voxel_mm`) covers `bounds` or the vessels'
     surface boxes with a margin. Cavities (components enclosed by another one: walls inside a lumen)
-    are filled, and components lying wholly outside every vessel's surface box are dropped. `progress(n)` is called with the number of points evaluated after every chunk.
+    are filled, components lying wholly outside every vessel's surface box are dropped, and so are
+    components that no fitted point lies on, when the vessels' points are known (fitted NeuralSDFs).
+    `progress(n)` is called with the number of points evaluated after every chunk.
     """
-    from .surface import evaluate_grid, grid_geometry, mesh_from_grid
+    from .surface import evaluate_grid, grid_geometry, keep_components_near_points, mesh_from_grid
 
     vessels = as_vessels(items)
     k_mm = checked_k(k_mm)
@@ -255,6 +260,9 @@ def blend(items: Sequence, k_mm: Optional[float] = DEFAULT_K_MM, voxel_mm: float
     if polydata.GetNumberOfPoints() == 0:
         raise InputError("the blended vessels have no inside in the grid's box: nothing to mesh")
     polydata, found, cavities, kept = _clean_components(polydata, vessels, spacing)
+    known = [v.points_mm for v in vessels if v.points_mm is not None]
+    if kept > 1 and known:
+        polydata, _, kept = keep_components_near_points(polydata, np.vstack(known))
     polydata = compute_normals(polydata)
     report = {
         "vessels": [v.name for v in vessels],
