@@ -403,21 +403,6 @@ def wall_points():
     return {name: mesh.sample_points_on_mesh(walls[name].mesh(voxel_mm=1.5), 48, seed=3) for name in walls}
 
 
-def test_without_the_nested_or_blending_module_the_panels_say_so(scene, logic, wall_points, monkeypatch):
-    import VascularINRLib.scene as scene_module
-    monkeypatch.setattr(scene_module, "_nested_module", lambda: None)
-    monkeypatch.setattr(scene_module, "_blending_module", lambda: None)
-    nodes = {wall: add_points(scene, pts, wall) for wall, pts in wall_points.items()}
-    before = node_count(scene)
-    assert logic.request_nested_fit(nodes) is False
-    assert "nested.py" in logic.status.message and node_count(scene) == before
-    models = [scene.AddNewNodeByClass("vtkMRMLModelNode", name) for name in ("A", "B")]
-    for model in models:
-        model.SetAttribute(ATTRIBUTE_NETWORK, "not read before the module is found")
-    assert logic.request_blend(models, 2.0) is False
-    assert "blending.py" in logic.status.message and node_count(scene) == before + 2
-
-
 def test_nested_walls_bad_input(scene, logic, wall_points):
     lumen = add_points(scene, wall_points["lumen"], "lumen")
     assert logic.request_nested_fit({"lumen": lumen}) is False and "outer wall" in logic.status.message
@@ -429,8 +414,6 @@ def test_nested_walls_bad_input(scene, logic, wall_points):
 
 
 def test_nested_walls_end_to_end(scene, logic, events, wall_points):
-    if not logic.nested_available():
-        pytest.skip("VascularINRLib/nested.py is not written yet (the panel's hook is scene.run_nested_fit)")
     nodes = {wall: add_points(scene, pts, wall) for wall, pts in wall_points.items()}
     assert logic.request_nested_fit(nodes, "guaranteed"), logic.status.message
     wait(logic, events)
@@ -471,8 +454,6 @@ def test_blend_bad_input(scene, logic, events, lumen_points):
 
 
 def test_blend_end_to_end(scene, logic, events, branch_points, tmp_path):
-    if not logic.blend_available():
-        pytest.skip("VascularINRLib/blending.py is not written yet (the panel's hook is scene.run_blend)")
     nodes = [add_points(scene, pts, f"Branch {i}") for i, pts in enumerate(branch_points)]
     for node in nodes:
         assert logic.request_fit(node)

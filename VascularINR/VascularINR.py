@@ -206,8 +206,8 @@ class VascularINRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateWatch()
         ready = not self._missing
         self.ui.fitButton.enabled = ready and parameters.points is not None
-        self.ui.nestedFitButton.enabled = ready and self.logic.sceneLogic.nested_available()
-        self.ui.blendButton.enabled = ready and self.logic.sceneLogic.blend_available()
+        self.ui.nestedFitButton.enabled = ready
+        self.ui.blendButton.enabled = ready
         self.ui.exportButton.enabled = parameters.exportModel is not None
         self.ui.exportButton.toolTip = _("Writes {format} in {system} coordinates (mm)").format(
             format=parameters.exportFormat, system=parameters.exportCoordinateSystem)

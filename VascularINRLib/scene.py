@@ -174,44 +174,20 @@ def fit_job(points_mm: np.ndarray, settings: FitSettings, warm_text: Optional[st
     return _Outcome({"vessel": surface.polydata}, encode_network(result.sdf, summary), summary, result.sdf)
 
 
-def _nested_module():
-    """VascularINRLib.nested when this version has it, else None."""
-    try:
-        from . import nested
-    except ModuleNotFoundError as error:
-        if error.name is not None and error.name.endswith("nested"):
-            return None
-        raise
-    return nested
-
-
-def _blending_module():
-    """VascularINRLib.blending when this version has it, else None."""
-    try:
-        from . import blending
-    except ModuleNotFoundError as error:
-        if error.name is not None and error.name.endswith("blending"):
-            return None
-        raise
-    return blending
-
-
 def run_nested_fit(points_by_wall: Dict[str, np.ndarray], config, mode: str, device: str, progress,
                    cancel_event):
     """The Nested walls panel's call into VascularINRLib.nested; returns its NestedResult."""
-    nested = _nested_module()
-    if nested is None:
-        raise InputError("nested walls need VascularINRLib/nested.py, which this version lacks")
-    return nested.fit_nested(points_by_wall, mode, config, device=device, progress=progress, progress_every=25,
-                             cancel_event=cancel_event)
+    from .nested import fit_nested
+
+    return fit_nested(points_by_wall, mode, config, device=device, progress=progress, progress_every=25,
+                      cancel_event=cancel_event)
 
 
 def run_blend(sources: Sequence[tuple], k_mm: float, resolution: int):
     """The Blend panel's call into VascularINRLib.blending: `sources` are (NeuralSDF, output, name);
     k 0 is the sharp union. Returns its BlendResult."""
-    blending = _blending_module()
-    if blending is None:
-        raise InputError("blending needs VascularINRLib/blending.py, which this version lacks")
+    from . import blending
+
     vessels = [blending.Vessel.from_neural_sdf(sdf, output, name) for sdf, output, name in sources]
     k = float(k_mm) if k_mm > 0 else None
     box = blending.BlendedSDF(vessels, k).surface_bounds()
@@ -223,13 +199,14 @@ def nested_job(points_by_wall: Dict[str, np.ndarray], mode: str, settings: FitSe
                cancel_event: threading.Event, report) -> _Outcome:
     """Fit the walls with one network (output per wall) and mesh them from one shared grid."""
     from .fitting import preset
+    from .nested import extract_nested_surfaces
     config = preset(settings.preset, **settings.overrides)
     report(0.0, f"fitting nested walls ({mode})", True)
     result = run_nested_fit(points_by_wall, config, mode, settings.device, _fit_progress(report, 0.0, 0.85),
                             cancel_event)
     _check_cancel(cancel_event)
     report(0.85, "meshing the walls", True)
-    surfaces = _nested_module().extract_nested_surfaces(result.sdf, points_mm=result.points_mm,
+    surfaces = extract_nested_surfaces(result.sdf, points_mm=result.points_mm,
                                                          resolution=settings.resolution)
     _check_cancel(cancel_event)
     fit_report = result.report()
@@ -484,9 +461,6 @@ class SceneLogic:
 
     # --- Nested walls panel -------------------------------------------------------------------------
 
-    def nested_available(self) -> bool:
-        return _nested_module() is not None
-
     def request_nested_fit(self, points_by_wall: Dict[str, object], mode: str = "guaranteed") -> bool:
         """One network for the walls in `points_by_wall` (lumen, inner_wall, outer_wall: a point list
         each); one model per wall, updated in place. False with a status message on bad input."""
@@ -505,8 +479,6 @@ class SceneLogic:
             if len({node.GetID() for node in nodes.values()}) < len(nodes):
                 raise InputError("each wall needs its own point list")
             points = {wall: self._checked_points(node) for wall, node in nodes.items()}
-            if not self.nested_available():
-                raise InputError("nested walls need VascularINRLib/nested.py, which this version lacks")
         except InputError as error:
             self._set_status("error", _sentence(error))
             return False
@@ -519,9 +491,6 @@ class SceneLogic:
         return True
 
     # --- Blend panel --------------------------------------------------------------------------------
-
-    def blend_available(self) -> bool:
-        return _blending_module() is not None
 
     def request_blend(self, model_nodes: Sequence, k_mm: float, output_model=None) -> bool:
         """Smooth union (smoothing `k_mm`) of fitted models into one model. False with a status
@@ -542,8 +511,6 @@ class SceneLogic:
                 raise InputError("each model can be blended once")
             if output_model is not None and (not output_model.IsA("vtkMRMLModelNode") or output_model in models):
                 raise InputError(f"'{output_model.GetName()}' cannot receive the blend")
-            if not self.blend_available():
-                raise InputError("blending needs VascularINRLib/blending.py, which this version lacks")
         except InputError as error:
             self._set_status("error", _sentence(error))
             return False

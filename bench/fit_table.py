@@ -3,7 +3,8 @@
     python bench/fit_table.py [--data ../shared/data] [--points 200 400] [--paper-iterations 2000]
 
 Prints a Markdown table and writes bench/out/fit_table.json. The paper preset is capped at
---paper-iterations (its 25,000 take ~20 min per shape on 2 cores); the cap is printed.
+--paper-iterations (its 25,000 take over an hour per shape on 2 cores: ~0.2 s each in
+bench/benchmark.py --quick); the cap is printed.
 """
 import argparse
 import json
