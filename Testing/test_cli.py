@@ -65,7 +65,7 @@ def _bad_points(tmp_path):
 
 
 @pytest.mark.parametrize("name,message", [
-    ("empty.csv", "empty"), ("garbage.csv", ""), ("nan.csv", "NaN"), ("few.csv", "5"),
+    ("empty.csv", "empty"), ("garbage.csv", "no numeric rows"), ("nan.csv", "NaN"), ("few.csv", "5"),
     ("same.csv", "identical"), ("line.csv", "line"), ("plane.csv", "plane"), ("metres.csv", "millimetres"),
     ("points.unknown", "extension"), ("missing.csv", "missing.csv"),
 ])
