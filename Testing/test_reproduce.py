@@ -1,7 +1,8 @@
 """`vascular-inr reproduce`: its files exist, its tables agree with its JSON, its pictures are pictures.
 
 The suite runs the library's `tiny` plan (the same code as `--quick`, fewer iterations and coarser grids;
-about a minute on 2 cores); `--quick` itself takes a few minutes (docs/results.md).
+about a minute on 2 cores); `--quick` itself takes a few minutes (docs/results.md). The longer plans are
+checked by their settings and the option parsing only.
 """
 import json
 
@@ -69,6 +70,9 @@ def test_robustness_medians_in_the_table_are_those_of_the_runs(tiny_run):
     for shape, count, fast_dice, fast_asd, paper_dice, paper_asd, _ in rows:
         for preset, dice, asd in [("fast", fast_dice, fast_asd), ("paper", paper_dice, paper_asd)]:
             chosen = [r for r in runs if r["shape"] == shape and r["points"] == int(count) and r["preset"] == preset]
+            if dice == "not run":
+                assert not chosen and asd == "not run"
+                continue
             assert chosen
             assert dice == f"{np.median([r['dice'] for r in chosen]):.3f}"
             assert asd == f"{np.median([r['asd_mm'] for r in chosen]):.2f}"
@@ -112,3 +116,77 @@ def test_reproduce_refuses_bad_outputs_and_data_before_work(tmp_path, capsys):
     assert cli.main(["reproduce", "--quick", "--data", str(tmp_path / "nowhere"), "-o", str(tmp_path / "o")]) == 2
     assert "data folder" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_preset_with_fewer_runs_is_reported_as_such(tiny_run):
+    folder, _ = tiny_run
+    results = json.loads((folder / "results.json").read_text())
+    plan, robustness = results["plan"], results["robustness"]
+    assert plan["paper_counts"] == [100] and plan["paper_counts"] != plan["counts"]
+    paper = [r for r in robustness["runs"] if r["preset"] == "paper"]
+    assert {r["points"] for r in paper} == {100}
+    assert robustness["presets"]["paper"]["counts"] == [100]
+    assert robustness["presets"]["fast"]["counts"] == plan["counts"]
+    missing = [m for m in robustness["medians"] if m["points"] == 50]
+    assert missing and all(m["paper_runs"] == 0 and m["fast_runs"] >= 1 for m in missing)
+    rows = _table((folder / "results.md").read_text(), "| shape | N |")
+    assert [row[4:6] for row in rows if row[1] == "50"] == [["not run", "not run"]] * len(missing)
+    assert "paper: 1 seed(s) per N at N in {100}" in (folder / "results.md").read_text()
+
+
+@pytest.fixture
+def planned(monkeypatch, tmp_path):
+    """cli.main for `reproduce` with the run replaced: returns (exit code, plan handed to the run)."""
+    calls = []
+
+    def fake_run(output, data=None, plan="quick", command=None):
+        calls.append(plan)
+        return {"seconds": 0.0}
+
+    monkeypatch.setattr(reproduce, "run", fake_run)
+
+    def main(*options):
+        calls.clear()
+        code = cli.main(["reproduce", *options, "--data", str(tmp_path), "-o", str(tmp_path / "out")])
+        return code, (calls[0] if calls else None)
+
+    return main
+
+
+def test_plan_options_choose_the_plan(planned):
+    assert planned() == (0, "full")
+    assert planned("--plan", "quick") == planned("--quick") == planned("--quick", "--plan", "quick") == (0, "quick")
+    assert planned("--plan", "standard") == (0, "standard")
+    assert planned("--plan", "full") == (0, "full")
+    for name in ("quick", "standard", "full"):
+        assert name in reproduce.PLANS
+
+
+def test_quick_with_another_plan_is_refused_before_work(planned, tmp_path, capsys):
+    for other in ("full", "standard"):
+        assert planned("--quick", "--plan", other) == (2, None)
+        error = capsys.readouterr().err
+        assert "--quick" in error and f"--plan {other}" in error
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        planned("--plan", "tiny")  # the test suite's plan is not offered
+    assert exit_info.value.code == 2
+
+
+def test_standard_plan_cuts_only_seeds_and_the_paper_preset():
+    full, standard = reproduce.PLANS["full"], reproduce.PLANS["standard"]
+    differs = {k for k, v in vars(standard).items() if vars(full)[k] != v}
+    assert differs == {"name", "seeds", "paper_iterations", "paper_counts", "paper_seeds", "cuts"}
+    assert standard.shapes is None and standard.fast_iterations is None and standard.blend_cases is None
+    assert standard.nested_real and standard.nested_iterations is None and standard.blend_iterations is None
+    assert standard.runs_of("fast") == (full.counts, 3)
+    counts, seeds = standard.runs_of("paper")
+    assert set(counts) < set(full.counts) and seeds == 1
+    cuts = " ".join(standard.cuts)
+    assert "3 seeds" in cuts and "20" in cuts
+    assert f"{standard.paper_iterations} of its 25,000 iterations" in cuts and "2,000" in cuts
+    assert "{" + ", ".join(str(n) for n in counts) + "}" in cuts and "1 seed" in cuts
+    # ~15 min of paper fits on one core at ~0.25 s per iteration and ~10 s to mesh and score each
+    shapes = 4  # the AAA phantom, the vmtk aorta, the two sv_demo lumens
+    assert shapes * len(counts) * seeds * (0.25 * standard.paper_iterations + 10) <= 16 * 60
+

@@ -43,6 +43,8 @@ class ProgressBar:
                         file=sys.stderr, dynamic_ncols=True)
 
     def __call__(self, progress) -> None:
+        if self.bar.total != progress.max_iterations:  # the fit planned its own count
+            self.bar.total = progress.max_iterations
         self.bar.update(progress.iteration - self.bar.n)
         self.bar.set_postfix(loss=f"{progress.loss:.4f}", refresh=False)
 
@@ -273,6 +275,9 @@ def command_reproduce(args) -> int:
     """The paper's three experiments on the data at hand: results.json, results.md and PNGs in a folder."""
     from .reproduce import command_line, default_data_dir, run
 
+    if args.quick and args.plan not in (None, "quick"):
+        raise InputError(f"--quick is short for --plan quick; it cannot go with --plan {args.plan}")
+    plan = "quick" if args.quick else (args.plan or "full")
     folder = _output_folder(args.output)
     if args.data is not None and not Path(args.data).is_dir():
         raise InputError(f"data folder {args.data} does not exist")
@@ -281,7 +286,7 @@ def command_reproduce(args) -> int:
         print(f"{PROG}: data folder {data} is absent: only the phantoms are used "
               f"(set --data or $VASCULAR_INR_DATA)", file=sys.stderr)
         data = None
-    results = run(folder, data, plan="quick" if args.quick else "full", command=command_line())
+    results = run(folder, data, plan=plan, command=command_line())
     print(f"{folder}: results.json, results.md and {len(list(folder.glob('*.png')))} PNGs "
           f"in {results['seconds']:.0f} s")
     return 0
@@ -419,8 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the results")
     reproduce.add_argument("--data", metavar="DIR",
                            help="data folder (default: $VASCULAR_INR_DATA, else shared/data beside the repository)")
-    reproduce.add_argument("--quick", action="store_true",
-                           help="a few minutes: fewer shapes, points, seeds and iterations (the cuts are printed)")
+    reproduce.add_argument("--plan", choices=("quick", "standard", "full"),
+                           help="how much to run (default full): quick, a few minutes (fewer shapes, points, seeds "
+                                "and iterations); standard, ~50 min on one core (3 seeds, the paper preset on "
+                                "N = 100 and 400 at 400 iterations); full, 20 seeds and the paper preset at 2,000 "
+                                "iterations (tens of hours on a CPU: for a GPU). The cuts are printed")
+    reproduce.add_argument("--quick", action="store_true", help="the same as --plan quick")
     reproduce.set_defaults(handler=command_reproduce)
     return parser
 

@@ -21,6 +21,7 @@ import torch
 from scipy.spatial import cKDTree
 
 POOL_SIZE = 1 << 16
+SHELL_SIZE = 3 << 14  # of the pool (3/4), drawn just beyond D around the points: where ends and webs leak
 RADIUS_QUANTILE = 0.95
 RADIUS_SAFETY = 1.0
 NEIGHBOURS_FOR_TANGENT_BALLS = 256
@@ -76,6 +77,16 @@ def point_spacing(points: np.ndarray) -> float:
     return float(np.median(distances[:, 1]))
 
 
+def shell_samples(points: np.ndarray, reach: np.ndarray, count: int, generator: np.random.Generator) -> np.ndarray:
+    """`count` samples at a distance between D and 2·D from random points, in random directions,
+    clipped to [-1, 1]^3."""
+    index = generator.integers(len(points), size=count)
+    direction = generator.normal(size=(count, 3))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    distance = reach[index] * generator.uniform(1.0, 2.0, size=count)
+    return np.clip(points[index] + direction * distance[:, None], -1.0, 1.0)
+
+
 class FarFieldBound:
     """The prior as a hard bound once fitted: sdf(x) ≥ d(x) − 1.5·D(x), so the fitted SDF is evaluated
     as max(network, d − 1.5·D). It removes spurious volume far beyond D(x) by construction; max() keeps
@@ -89,11 +100,13 @@ class FarFieldBound:
         self.points_net = np.asarray(points_net, dtype=np.float64)
         self.reach_net = np.asarray(reach_net, dtype=np.float64)
         self.tree = cKDTree(self.points_net)
+        # the largest reach among each point's neighbours: one nearest-point query per evaluation
+        _, index = self.tree.query(self.points_net, k=min(NEIGHBOURS_OF_A_SAMPLE, len(self.points_net)))
+        self.reach_around = self.reach_net[index.reshape(len(self.points_net), -1)].max(axis=1)
 
     def __call__(self, points_net: np.ndarray) -> np.ndarray:
-        k = min(NEIGHBOURS_OF_A_SAMPLE, len(self.points_net))
-        distance, index = self.tree.query(points_net, k=k)
-        return distance[:, 0] - self.reach_net[index].max(axis=1)
+        distance, index = self.tree.query(points_net)
+        return distance - self.reach_around[index]
 
     def as_dict(self) -> dict:
         return {"points_net": torch.as_tensor(self.points_net), "reach_net": torch.as_tensor(self.reach_net)}
@@ -105,12 +118,13 @@ class FarFieldBound:
 
 @dataclass
 class FarFieldPrior:
-    """A pool of uniform samples in [-1,1]^3 with their distance to the nearest point (net units)."""
+    """Uniform samples in [-1,1]^3 farther than D(x) from every point, with that distance (net units)."""
 
     samples: torch.Tensor
     distance: torch.Tensor
     threshold: torch.Tensor  # D(x) per sample, network units
     max_radius_mm: float
+    max_radius_from_points_mm: float  # the estimate, also when the user set the radius
     threshold_mm: float  # the largest D(x), mm
     radius_estimated: bool
     bound: FarFieldBound
@@ -121,33 +135,41 @@ class FarFieldPrior:
         points_mm = points_net * scale_mm
         radii = inscribed_radii(points_mm)
         estimated = max_radius_mm is None
+        from_points = estimate_max_radius(points_mm, radii)
         if estimated:
-            max_radius_mm = estimate_max_radius(points_mm, radii)
+            max_radius_mm = from_points
         # A radius given by the user holds everywhere; an estimated one only caps the local radii.
         local = local_radii(points_mm, radii, max_radius_mm) if estimated else np.full(len(points_mm), max_radius_mm)
         per_point = RADIUS_SAFETY * local + point_spacing(points_mm)
-        samples = generator.uniform(-1.0, 1.0, size=(POOL_SIZE, 3))
+        samples = np.concatenate([generator.uniform(-1.0, 1.0, size=(POOL_SIZE - SHELL_SIZE, 3)),
+                                  shell_samples(points_net, per_point / scale_mm, SHELL_SIZE, generator)])
         distance, index = cKDTree(points_net).query(samples, k=min(NEIGHBOURS_OF_A_SAMPLE, len(points_net)))
         threshold = per_point[index].max(axis=1) / scale_mm
+        beyond = distance[:, 0] > threshold  # only these ever carry the prior: keep them alone
+        samples, distance, threshold = samples[beyond], distance[beyond], threshold[beyond]
         as_tensor = lambda array: torch.as_tensor(array, dtype=dtype, device=device)  # noqa: E731
         return cls(as_tensor(samples), as_tensor(distance[:, 0]), as_tensor(threshold), float(max_radius_mm),
-                   float(per_point.max()), estimated, FarFieldBound(points_net, BOUND_SAFETY * per_point / scale_mm))
+                   float(from_points), float(per_point.max()), estimated,
+                   FarFieldBound(points_net, BOUND_SAFETY * per_point / scale_mm))
 
     def draw(self, count: int, generator: torch.Generator):
-        """`count` pool samples with their distance to the nearest point and their D(x)."""
+        """`count` pool samples with their excess d − D(x) (> 0); none when nothing lies that far."""
+        if len(self.samples) == 0:
+            return self.samples, self.distance
         index = torch.randint(len(self.samples), (count,), generator=generator, device=self.samples.device)
         return self.samples[index], self.distance[index] - self.threshold[index]
 
     def penalty(self, values: torch.Tensor, excess: torch.Tensor) -> torch.Tensor:
         """mean over far samples (excess = d − D(x) > 0) of max(0, excess − f)."""
-        far = excess > 0
-        if not bool(far.any()):
-            return values.sum() * 0.0
-        return torch.relu(excess[far] - values[far]).mean()
+        if len(values) == 0:
+            return values.sum()
+        return torch.relu(excess - values).mean()
 
     def check(self, network: torch.nn.Module, scale_mm: float) -> dict:
         """After a fit: how deep the fitted inside reaches beyond D(x), in mm (0 when it never does).
         A large value means the vessel is wider than the radius the prior was given."""
+        if len(self.samples) == 0:
+            return {"inside_beyond_far_field_mm": 0.0}
         with torch.no_grad():
             inside = network(self.samples)[:, 0] < 0
         excess = (self.distance - self.threshold)[inside]
@@ -156,4 +178,5 @@ class FarFieldPrior:
 
     def report(self) -> dict:
         return {"max_radius_mm": round(self.max_radius_mm, 3), "max_radius_estimated": self.radius_estimated,
+                "max_radius_from_points_mm": round(self.max_radius_from_points_mm, 3),
                 "far_field_distance_mm": round(self.threshold_mm, 3)}

@@ -44,14 +44,18 @@ class FitConfig:
     eikonal_weight: float = 0.1
     max_iterations: int = 4000
     min_iterations: int = 500
+    # Iterations per unit of elongation (the points' longest side / the largest vessel diameter): a
+    # long, thin vessel leaves more of the initial sphere to carve away. None: max_iterations always.
+    iterations_per_elongation: Optional[float] = None
+    min_planned_iterations: int = 600
     uniform_samples: int = 512
     local_samples_per_point: int = 1
     knn: Optional[int] = None  # None: adapted to the number of points
     warm_start_lr_factor: float = 0.2  # a warm start continues gently; a full learning rate undoes it
-    warm_start_iterations: Optional[int] = 400  # a refit after a few new points needs far fewer steps
+    warm_start_iterations: Optional[int] = 50  # a refit after moving or adding a few points needs few steps
     far_field: bool = True  # sign prior far from the points (see far_field.py); False: the paper's loss
     far_field_weight: float = 1.0
-    far_field_samples: int = 2048  # per step; they need f alone, not ∇f, so they are cheap
+    far_field_samples: int = 512  # per step; they need f alone, not ∇f, so they are cheap
     max_radius_mm: Optional[float] = None  # largest vessel radius; None: estimated from the points
     check_every: int = 50
     patience: int = 6  # checks without a 1% gain in the windowed loss before stopping
@@ -67,7 +71,7 @@ class FitConfig:
 
 PRESETS = {
     # Fast: small network, high learning rate with cosine decay, the tool's own stopping rule.
-    "fast": FitConfig(max_iterations=2000, min_iterations=1500, patience=10),
+    "fast": FitConfig(max_iterations=2000, min_iterations=1500, patience=10, iterations_per_elongation=170.0),
     # Faithful to the paper: 6×256, skip into layer 3, Adam lr 1e-4, 25,000 iterations, λ 0.1.
     "paper": FitConfig(depth=6, width=256, skip_layer=3, learning_rate=1e-4, lr_schedule="constant",
                        max_iterations=25000, min_iterations=25000, early_stop=False,
@@ -76,10 +80,14 @@ PRESETS = {
 
 
 def preset(name: str = "fast", **overrides) -> FitConfig:
-    """A copy of a named preset with fields overridden (None values are ignored)."""
+    """A copy of a named preset with fields overridden (None values are ignored). An explicit
+    max_iterations is taken as the number of iterations: the count is then not planned."""
     if name not in PRESETS:
         raise InputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if "max_iterations" in overrides:
+        overrides.setdefault("iterations_per_elongation", None)
+    return replace(PRESETS[name], **overrides)
 
 
 @dataclass
@@ -189,7 +197,7 @@ def fit_points(
     with torch_threads(config.threads if torch_device.type == "cpu" else None):
         result = _optimise(points_mm, config, normalization, network, torch_device,
                            progress, progress_every, cancel_event,
-                           config.learning_rate * (config.warm_start_lr_factor if warm else 1.0))
+                           config.learning_rate * (config.warm_start_lr_factor if warm else 1.0), warm)
     result.warm_started = warm
     return result
 
@@ -206,7 +214,7 @@ def _initial_network(points_mm, config, warm_start, torch_device):
 
 
 def _optimise(points_mm, config, normalization, network, device, progress, progress_every, cancel_event,
-              learning_rate):
+              learning_rate, warm=False):
     start = time.perf_counter()
     dtype = torch.float32
     points_net = torch.as_tensor(normalization.to_net(points_mm), dtype=dtype, device=device)
@@ -216,9 +224,12 @@ def _optimise(points_mm, config, normalization, network, device, progress, progr
     generator.manual_seed(config.seed)
     sampler = EikonalSampler(points_net, sigmas, generator, config.local_samples_per_point)
     far_field = None
+    plan = {}
     if config.far_field:
         far_field = FarFieldPrior.build(normalization.to_net(points_mm), normalization.scale_mm,
                                         config.max_radius_mm, np.random.default_rng(config.seed), device, dtype)
+        if config.iterations_per_elongation is not None and not warm:
+            config, plan = planned_iterations(points_mm, far_field.max_radius_mm, config)
 
     def loss_step() -> torch.Tensor:
         eikonal_samples = torch.cat([sampler.local(), sampler.uniform(config.uniform_samples)])
@@ -231,10 +242,15 @@ def _optimise(points_mm, config, normalization, network, device, progress, progr
         network, loss_step, config, learning_rate, start, progress, progress_every, cancel_event,
         snapshot=lambda: _neural_sdf(copy.deepcopy(network), normalization, points_mm, far_field))
     network.eval()
-    prior = {}
+    prior = dict(plan)
     if far_field is not None:
-        prior = {**far_field.report(), **far_field.check(network, normalization.scale_mm)}
-        if prior["inside_beyond_far_field_mm"] > far_field.threshold_mm:
+        prior.update({**far_field.report(), **far_field.check(network, normalization.scale_mm)})
+        if not far_field.radius_estimated and far_field.max_radius_mm < 0.5 * far_field.max_radius_from_points_mm:
+            warnings.warn(f"the max radius given, {far_field.max_radius_mm:.1f} mm, is less than half the "
+                          f"{far_field.max_radius_from_points_mm:.1f} mm that the points suggest: the inside of "
+                          f"wider parts is carved out (set a larger max radius, or leave it to the estimate)",
+                          FitWarning)
+        elif prior["inside_beyond_far_field_mm"] > far_field.threshold_mm:
             warnings.warn(f"the fitted vessel reaches {prior['inside_beyond_far_field_mm']:.1f} mm deeper than the "
                           f"far-field prior allows (largest radius {far_field.max_radius_mm:.1f} mm"
                           f"{' estimated' if far_field.radius_estimated else ''}): if the vessel is wider, "
@@ -245,6 +261,15 @@ def _optimise(points_mm, config, normalization, network, device, progress, progr
                      fit_seconds=time.perf_counter() - start, stopped_because=stopped_because,
                      device=str(device), mean_abs_sdf_at_points_mm=mean_abs, loss_history=history,
                      prior=prior)
+
+
+def planned_iterations(points_mm: np.ndarray, max_radius_mm: float, config: FitConfig):
+    """The config with its iteration count planned from the vessel's elongation, and what was planned."""
+    elongation = float(np.ptp(points_mm, axis=0).max()) / (2.0 * max(max_radius_mm, 1e-6))
+    planned = int(round(config.iterations_per_elongation * elongation / 50.0)) * 50
+    planned = int(min(config.max_iterations, max(config.min_planned_iterations, planned)))
+    config = replace(config, max_iterations=planned, min_iterations=min(config.min_iterations, planned))
+    return config, {"elongation": round(elongation, 2), "planned_iterations": planned}
 
 
 def run_adam(model: torch.nn.Module, loss_step: Callable[[], torch.Tensor], config: FitConfig,

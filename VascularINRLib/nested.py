@@ -45,7 +45,6 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Seque
 import numpy as np
 import torch
 import vtk
-from scipy import ndimage
 from scipy.spatial import cKDTree
 from torch import nn
 from vtk.util import numpy_support
@@ -66,8 +65,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 MODES = ("separate", "joint", "guaranteed")
 WALLS = ("lumen", "inner_wall", "outer_wall")  # innermost first
-COARSE_STRIDE = 4
-LIPSCHITZ_SAFETY = 1.5
 MIN_INITIAL_THICKNESS_MM = 0.5
 BOX_TOLERANCE_MM = 0.5  # bounding boxes of an inner and an outer wall may disagree by this much
 ORDER_TOLERANCE_MM = 1.0  # a point farther than this (plus the fit's residual) on the wrong side is misplaced
@@ -481,40 +478,16 @@ class NestedGrid:
     evaluated_fraction: float = 1.0
 
 
-def _grid_nodes(origin, spacing, shape) -> np.ndarray:
-    axes = [origin[a] + spacing * np.arange(shape[a]) for a in range(3)]
-    return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
-
-
 def evaluate_nested_grid(sdf: NeuralSDF, bounds: Optional[Sequence[float]] = None, resolution: Optional[int] = 256,
                          voxel_mm: Optional[float] = None) -> NestedGrid:
     """All outputs on one grid, coarse-to-fine with ONE set of finely evaluated nodes for every wall,
     so that at each node all walls come from the same evaluation (their order is the network's)."""
-    from .surface import grid_geometry
+    from .surface import grid_geometry, sample_grid
 
     bounds = sdf.bounds_with_margin() if bounds is None else bounds
     origin, spacing, shape = grid_geometry(bounds, resolution, voxel_mm)
-    outputs = len(sdf.output_names)
-    if min(shape) < 4 * COARSE_STRIDE:
-        values = sdf.sdf(_grid_nodes(origin, spacing, shape), output=None).reshape(*shape, outputs)
-        return NestedGrid(values.astype(np.float32), origin, spacing)
-    s = COARSE_STRIDE
-    coarse_shape = tuple((n - 1) // s + 2 for n in shape)
-    coarse = sdf.sdf(_grid_nodes(origin, spacing * s, coarse_shape), output=None).astype(np.float32)
-    coarse = coarse.reshape(*coarse_shape, outputs)
-    corner_min = np.abs(coarse).min(axis=3)
-    for axis in range(3):
-        corner_min = np.minimum(np.take(corner_min, range(coarse_shape[axis] - 1), axis=axis),
-                                np.take(corner_min, range(1, coarse_shape[axis]), axis=axis))
-    active = corner_min < LIPSCHITZ_SAFETY * spacing * s * np.sqrt(3.0)
-    values = coarse[:-1, :-1, :-1].repeat(s, 0).repeat(s, 1).repeat(s, 2)[: shape[0], : shape[1], : shape[2]]
-    values = np.ascontiguousarray(values)
-    fine_active = active.repeat(s, 0).repeat(s, 1).repeat(s, 2)[: shape[0], : shape[1], : shape[2]]
-    fine_active = ndimage.binary_dilation(fine_active)
-    index = np.argwhere(fine_active)
-    if len(index):
-        values[fine_active] = sdf.sdf(origin + index * spacing, output=None)
-    return NestedGrid(values, origin, spacing, evaluated_fraction=len(index) / fine_active.size)
+    values, fraction = sample_grid(lambda points: sdf.sdf(points, output=None), origin, spacing, shape)
+    return NestedGrid(np.ascontiguousarray(values), origin, spacing, evaluated_fraction=fraction)
 
 
 def extract_nested_surfaces(sdf: NeuralSDF, points_mm: Optional[Mapping[str, np.ndarray]] = None,

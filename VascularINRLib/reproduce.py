@@ -2,12 +2,12 @@
 
 1. Robustness: Dice and ASD against the number of points N, per preset, on the AAA phantom and the
    real surfaces found in the data folder (box plots over seeds, medians beside the paper's figures).
-2. Nested walls: separate vs joint vs guaranteed on `phantoms.aaa_nested()` (and, in the full plan,
-   the sv_demo aorta lumen with synthetic walls pushed out by a thickness that varies along z).
+2. Nested walls: separate vs joint vs guaranteed on `phantoms.aaa_nested()` (and, in the standard and
+   full plans, the sv_demo aorta lumen with synthetic walls pushed out by a thickness that varies along z).
 3. Blending: vessels fitted separately and blended, compared with the blended models of the data.
 
 Everything goes into one folder: results.json, results.md (tables, the exact command, the machine)
-and PNGs. A plan (`PLANS`) says how much is run; `quick` says what it cut.
+and PNGs. A plan (`PLANS`) says how much is run; its `cuts` say what it cut compared with `full`.
 """
 from __future__ import annotations
 
@@ -49,12 +49,28 @@ class Plan:
     blend_iterations: Optional[int]
     blend_voxel_mm: float
     cuts: List[str] = field(default_factory=list)
+    paper_counts: Optional[List[int]] = None  # None: `counts`
+    paper_seeds: Optional[int] = None  # None: `seeds`
+
+    def runs_of(self, preset: str):
+        """(counts, seeds) of a preset: the paper preset may run on fewer."""
+        if preset == "paper":
+            return (self.counts if self.paper_counts is None else self.paper_counts,
+                    self.seeds if self.paper_seeds is None else self.paper_seeds)
+        return self.counts, self.seeds
 
 
 PLANS = {
     "full": Plan("full", [50, 100, 200, 400, 800], 20, None, None, 2000, 192, None,
                  200, None, 192, 1.0, True, None, 400, None, 0.5,
                  ["paper preset capped at 2,000 of its 25,000 iterations (25,000 take ~20 min per fit on 2 cores)"]),
+    # ~50 min on one core of a 2-core CPU (one torch thread); full but for seeds and the paper preset.
+    "standard": Plan("standard", [50, 100, 200, 400, 800], 3, None, None, 400, 192, None,
+                     200, None, 192, 1.0, True, None, 400, None, 0.5,
+                     ["3 seeds per N instead of 20",
+                      "paper preset: N in {100, 400} only (not 50, 200, 800), 1 seed instead of 20, capped at 400 "
+                      "of its 25,000 iterations instead of 2,000 (~0.2-0.25 s per iteration on one core)"],
+                     paper_counts=[100, 400], paper_seeds=1),
     "quick": Plan("quick", [100, 400], 1, ["AAA phantom", "vmtk aorta (bifurcation)"], 300, 100, 128, 1.0,
                   200, 300, 128, 2.0, False, ["sv_demo aorta + right iliac"], 400, 300, 1.0,
                   ["shapes: AAA phantom and the vmtk aorta only (not the sv_demo lumens)",
@@ -69,7 +85,9 @@ PLANS = {
     # For the test suite: seconds, the phantoms only.
     "tiny": Plan("tiny", [50, 100], 1, ["AAA phantom"], 60, 10, 64, 2.0,
                  100, 60, 64, 3.0, False, ["sv_demo aorta + right iliac"], 200, 60, 2.0,
-                 ["the test suite's plan: phantom only, 60 / 10 iterations, coarse grids"]),
+                 ["the test suite's plan: phantom only, 60 / 10 iterations, coarse grids; "
+                  "paper preset at N = 100 only"],
+                 paper_counts=[100]),
 }
 
 REAL_SHAPES = {  # name: path under the data folder (sv_demo lumens are added by glob)
@@ -120,9 +138,10 @@ def _config(name: str, cap: Optional[int], seed: int):
     return preset(name, max_iterations=cap, min_iterations=cap, seed=seed)
 
 
-def _median(values) -> float:
+def _median(values) -> Optional[float]:
+    """None where nothing ran or every run failed (JSON has no NaN)."""
     values = [v for v in values if v is not None and np.isfinite(v)]
-    return float(np.median(values)) if values else float("nan")
+    return float(np.median(values)) if values else None
 
 
 # --- 1. robustness ---------------------------------------------------------------------------------
@@ -159,12 +178,18 @@ def run_robustness(data, plan: Plan, folder: Path, log) -> dict:
 
     shapes = find_shapes(data, plan, log)
     presets = {"fast": plan.fast_iterations, "paper": plan.paper_iterations}
+    wanted = {name: plan.runs_of(name) for name in presets}
+    all_counts = sorted({n for counts, _ in wanted.values() for n in counts})
     runs = []
     for shape, reference in shapes.items():
-        for count in plan.counts:
-            for seed in range(1, plan.seeds + 1):
+        for count in all_counts:
+            for seed in range(1, max(seeds for _, seeds in wanted.values()) + 1):
+                chosen = [name for name, (counts, seeds) in wanted.items() if count in counts and seed <= seeds]
+                if not chosen:
+                    continue
                 points = sample_points_on_mesh(reference, count, seed=seed)
-                for name, cap in presets.items():
+                for name in chosen:
+                    cap = presets[name]
                     row = dict(shape=shape, preset=name, points=count, seed=seed, cap=cap)
                     try:
                         with warnings.catch_warnings():
@@ -186,7 +211,8 @@ def run_robustness(data, plan: Plan, folder: Path, log) -> dict:
                                  f"{row['fit_seconds']:.1f} s" if row.get("error") is None else row["error"]))
     medians = robustness_medians(runs)
     figures = [plot_robustness(runs, name, folder / f"robustness_{name}.png") for name in presets]
-    return {"presets": {name: {"iteration_cap": cap} for name, cap in presets.items()},
+    return {"presets": {name: {"iteration_cap": cap, "counts": wanted[name][0], "seeds": wanted[name][1]}
+                        for name, cap in presets.items()},
             "shapes": list(shapes), "counts": plan.counts, "seeds": plan.seeds,
             "runs": runs, "medians": medians, "figures": [Path(f).name for f in figures]}
 
@@ -220,7 +246,8 @@ def plot_robustness(runs: List[dict], name: str, path: Path) -> str:
     from .files import atomic_output
 
     shapes = list(dict.fromkeys(r["shape"] for r in runs))
-    counts = sorted({r["points"] for r in runs})
+    counts = sorted({r["points"] for r in runs if r["preset"] == name} or {r["points"] for r in runs})
+    seeds = len({r["seed"] for r in runs if r["preset"] == name})
     figure, axes = plt.subplots(2, len(shapes), figsize=(4.2 * len(shapes), 7), squeeze=False)
     for column, shape in enumerate(shapes):
         for row, (key, label) in enumerate([("dice", "Dice"), ("asd_mm", "ASD (mm)")]):
@@ -235,7 +262,8 @@ def plot_robustness(runs: List[dict], name: str, path: Path) -> str:
                 axis.set_title(shape, fontsize=10)
             axis.set_xlabel("points N")
             axis.set_ylabel(label)
-    figure.suptitle(f"preset {name}: Dice and ASD against the number of points (dotted: Dice 0.95)")
+    figure.suptitle(f"preset {name}, {seeds} seed(s) per N\nDice and ASD against N (dotted: Dice 0.95)",
+                    fontsize=10)
     figure.tight_layout()
     with atomic_output(path) as temporary:
         figure.savefig(temporary, dpi=90, format="png")
@@ -424,8 +452,13 @@ def robustness_table(medians: List[dict]) -> List[str]:
              "paper's figure |", "|---|---|---|---|---|---|---|"]
     for m in medians:
         claim = "Dice > 0.95" if m["points"] >= 100 else "–"
-        lines.append(f"| {m['shape']} | {m['points']} | {_f(m['fast_dice'], 3)} | {_f(m['fast_asd_mm'], 2)} | "
-                     f"{_f(m['paper_dice'], 3)} | {_f(m['paper_asd_mm'], 2)} | {claim} |")
+        cells = []
+        for name in ("fast", "paper"):
+            if m[f"{name}_runs"]:
+                cells += [_f(m[f"{name}_dice"], 3), _f(m[f"{name}_asd_mm"], 2)]
+            else:
+                cells += ["not run", "not run"]
+        lines.append(f"| {m['shape']} | {m['points']} | {' | '.join(cells)} | {claim} |")
     return lines
 
 
@@ -445,8 +478,11 @@ def markdown(results: dict) -> str:
     r = results["robustness"]
     caps = ", ".join(f"{name}: {'own stopping rule' if v['iteration_cap'] is None else v['iteration_cap']}"
                      f" iterations" for name, v in r["presets"].items())
+    per_preset = "; ".join(f"{name}: {v.get('seeds', r['seeds'])} seed(s) per N at N in "
+                           f"{{{', '.join(str(n) for n in v.get('counts', r['counts']))}}}"
+                           for name, v in r["presets"].items())
     lines += ["", "## 1. Robustness to the number of points", "",
-              f"Points sampled area-uniformly on each reference, {r['seeds']} seed(s) per N; iteration caps: {caps} "
+              f"Points sampled area-uniformly on each reference ({per_preset}); iteration caps: {caps} "
               f"(the paper preset runs {PAPER_ITERATIONS:,} in the paper). Paper: {PAPER_CLAIM}.", ""]
     lines += robustness_table(r["medians"])
     failed = sum(1 for run in r["runs"] if run.get("error"))
@@ -488,9 +524,11 @@ def markdown(results: dict) -> str:
 
 
 def run(output, data: Optional[Path] = None, plan: str = "quick", command: Optional[str] = None) -> dict:
-    """Run a plan ('full', 'quick', 'tiny') on the data folder (None: the phantoms alone) into `output`."""
+    """Run a plan ('full', 'standard', 'quick', 'tiny') on the data folder (None: the phantoms alone) into `output`."""
     from .files import atomic_output
 
+    if plan not in PLANS:
+        raise InputError(f"unknown plan {plan!r}; choose one of {', '.join(PLANS)}")
     chosen = PLANS[plan]
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)

@@ -58,7 +58,7 @@ def grid_geometry(bounds: Sequence[float], resolution: Optional[int] = None,
 
 
 def _evaluate(sdf: SDFFunction, points: np.ndarray) -> np.ndarray:
-    return np.asarray(sdf(points), dtype=np.float32).reshape(-1)
+    return np.asarray(sdf(points), dtype=np.float32).reshape(len(points), -1)
 
 
 def _nodes(origin, spacing, shape) -> np.ndarray:
@@ -68,32 +68,57 @@ def _nodes(origin, spacing, shape) -> np.ndarray:
 
 def evaluate_grid(sdf: SDFFunction, bounds: Sequence[float], resolution: Optional[int] = None,
                   voxel_mm: Optional[float] = None, coarse_to_fine: bool = True) -> SDFGrid:
-    """Sample the SDF on a grid; coarse-to-fine evaluates finely only near the zero level.
-
-    A coarse cell whose corners all have |f| > 1.5 × its diagonal cannot hold the surface (the
-    SDF is ~1-Lipschitz), so its fine nodes take the sign of its corner without evaluation.
-    """
+    """Sample the SDF on a grid; coarse-to-fine evaluates finely only near the zero level."""
     origin, spacing, shape = grid_geometry(bounds, resolution, voxel_mm)
+    values, fraction = sample_grid(sdf, origin, spacing, shape, coarse_to_fine)
+    return SDFGrid(np.ascontiguousarray(values[..., 0]), origin, spacing, evaluated_fraction=fraction)
+
+
+def sample_grid(sdf: SDFFunction, origin, spacing: float, shape, coarse_to_fine: bool = True):
+    """Values (nx, ny, nz, outputs) of an SDF with one or more outputs, and the fraction evaluated.
+
+    The grid is first sampled every COARSE_STRIDE nodes, then refined by halving the stride. A cell
+    whose corners all have |f| > 1.5 × its diagonal for every output cannot hold a surface (SDFs are
+    ~1-Lipschitz), so the nodes inside it take its corner's values without evaluation: the signs are
+    right everywhere and the values exact wherever a surface passes. Every node's outputs come from
+    one evaluation.
+    """
     if not coarse_to_fine or min(shape) < 4 * COARSE_STRIDE:
-        values = _evaluate(sdf, _nodes(origin, spacing, shape)).reshape(shape)
-        return SDFGrid(values, origin, spacing)
-    s = COARSE_STRIDE
-    coarse_shape = tuple((n - 1) // s + 2 for n in shape)  # one node past the fine grid's end
-    coarse = _evaluate(sdf, _nodes(origin, spacing * s, coarse_shape)).reshape(coarse_shape)
-    corner_min = np.abs(coarse)
-    for axis in range(3):  # minimum |f| over the 8 corners of each coarse cell
-        corner_min = np.minimum(np.take(corner_min, range(coarse_shape[axis] - 1), axis=axis),
-                                np.take(corner_min, range(1, coarse_shape[axis]), axis=axis))
-    active = corner_min < LIPSCHITZ_SAFETY * spacing * s * np.sqrt(3.0)
-    cell_value = coarse[:-1, :-1, :-1]
-    values = cell_value.repeat(s, 0).repeat(s, 1).repeat(s, 2)[: shape[0], : shape[1], : shape[2]]
-    fine_active = active.repeat(s, 0).repeat(s, 1).repeat(s, 2)[: shape[0], : shape[1], : shape[2]]
-    fine_active = ndimage.binary_dilation(fine_active)
-    index = np.argwhere(fine_active)
+        return _evaluate(sdf, _nodes(origin, spacing, shape)).reshape(*shape, -1), 1.0
+    stride = COARSE_STRIDE
+    lattice = tuple(-(-(n - 1) // stride) + 1 for n in shape)  # covers the grid, maybe a little past it
+    values = _evaluate(sdf, _nodes(origin, spacing * stride, lattice)).reshape(*lattice, -1)
+    evaluated = int(np.prod(lattice))
+    while stride > 1:
+        values, count = _refine(sdf, values, origin, spacing, stride)
+        evaluated += count
+        stride //= 2
+    values = values[: shape[0], : shape[1], : shape[2]]
+    return values, min(1.0, evaluated / float(np.prod(shape)))
+
+
+def _refine(sdf: SDFFunction, coarse: np.ndarray, origin, spacing: float, stride: int):
+    """Values on the lattice of half the stride: evaluated in cells that may hold a surface (and
+    their neighbours), copied from a corner elsewhere. Returns (values, nodes evaluated)."""
+    corner_min = np.abs(coarse).min(axis=3)
+    for axis in range(3):  # minimum |f| over the 8 corners of each cell
+        corner_min = np.minimum(np.take(corner_min, range(corner_min.shape[axis] - 1), axis=axis),
+                                np.take(corner_min, range(1, corner_min.shape[axis]), axis=axis))
+    active = ndimage.binary_dilation(corner_min < LIPSCHITZ_SAFETY * spacing * stride * np.sqrt(3.0))
+    fine_shape = tuple(2 * n - 1 for n in coarse.shape[:3])
+    values = coarse.repeat(2, 0).repeat(2, 1).repeat(2, 2)[: fine_shape[0], : fine_shape[1], : fine_shape[2]]
     values = np.ascontiguousarray(values)
+    cells = active.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+    nodes = np.zeros(fine_shape, dtype=bool)  # a node is needed when any cell it bounds is active
+    for dx in (0, 1):
+        for dy in (0, 1):
+            for dz in (0, 1):
+                nodes[dx:dx + cells.shape[0], dy:dy + cells.shape[1], dz:dz + cells.shape[2]] |= cells
+    nodes[::2, ::2, ::2] = False  # known from the coarser lattice
+    index = np.argwhere(nodes)
     if len(index):
-        values[fine_active] = _evaluate(sdf, origin + index * spacing)
-    return SDFGrid(values, origin, spacing, evaluated_fraction=len(index) / values.size)
+        values[nodes] = _evaluate(sdf, origin + index * (spacing * stride / 2.0))
+    return values, len(index)
 
 
 def mesh_from_grid(grid: SDFGrid) -> vtk.vtkPolyData:

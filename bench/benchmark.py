@@ -25,12 +25,12 @@ What is measured, per shape, N and seed (the same points for both presets):
   checkpoint whose Dice reaches 0.95 (so it is resolved to 50 iterations); "held" is the first
   checkpoint from which on every later one stays at or above 0.95. Fit CPU s: the same clock in
   this process's CPU time, less sensitive to a loaded machine.
-- fast: `preset('fast')` as the tool runs it (early stop on, at most 2000 iterations). At its end:
+- fast: `preset('fast')` as the tool runs it (early stop on, its planned iteration count, 600-2000). At its end:
   extraction at 128 (preview) and 256 (export) nodes along the longest side with `extract_surface`
   (points given, as the tool does), and Dice / ASD / HD95 of the 256 surface (`metrics.compare`,
   its default Dice grid and 20,000 distance samples per surface). Refit: 10 more points on the
-  reference, `fit_points(..., warm_start=previous.sdf, config=preset('fast', max_iterations=300,
-  early_stop=False))` then `extract_surface(resolution=128)`.
+  reference, `fit_points(..., warm_start=previous.sdf, config=preset('fast', early_stop=False))` (its
+  warm-start schedule: 50 iterations) then `extract_surface(resolution=128)`.
 - paper: `preset('paper')` with max_iterations (and min_iterations) set to the cap. Its Dice at the
   cap is the checkpoint grid's; the full run also extracts and compares its surface like fast's.
 - The ratio paper/fast of the time to 0.95, per seed, then the median; where the capped paper fit
@@ -85,7 +85,7 @@ class Settings:
     seeds: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     presets: List[str] = field(default_factory=lambda: ["fast", "paper"])
     paper_iterations: int = 5000
-    fast_iterations: Optional[int] = None  # None: the preset's own (2000, with early stop)
+    fast_iterations: Optional[int] = None  # None: the preset's own (planned, 600-2000, with early stop)
     paper_surface: bool = True  # extract and compare the capped paper fit's surface too
     checkpoint_every: int = 50
     grid_voxels: int = 100_000
@@ -93,7 +93,7 @@ class Settings:
     preview_resolution: int = 128
     export_resolution: int = 256
     refit_points: int = 10
-    refit_iterations: int = 300
+    refit_iterations: Optional[int] = None  # None: the preset's own warm-start schedule
     dice_voxel_mm: Optional[float] = None  # metrics.compare's Dice grid; None: its default
     distance_samples: int = 20000
     target_dice: float = TARGET_DICE
@@ -234,7 +234,7 @@ def refit_measures(previous, points: np.ndarray, shape: Shape, grid: ReferenceGr
     extra = sample_points_on_mesh(shape.mesh, settings.refit_points, seed=10_000 + seed)
     points = np.vstack([points, extra])
     config = preset("fast", max_iterations=settings.refit_iterations, early_stop=False, seed=seed,
-                    threads=settings.threads)
+                    threads=settings.threads)  # a warm start runs `warm_start_iterations` at most
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -570,7 +570,8 @@ def parse_args(argv=None):
     tuning.add_argument("--seeds", nargs="+", type=int)
     tuning.add_argument("--presets", nargs="+", choices=list(PRESETS))
     tuning.add_argument("--paper-iterations", type=int)
-    tuning.add_argument("--fast-iterations", type=int, help="cap the fast preset (default: its own 2000)")
+    tuning.add_argument("--fast-iterations", type=int,
+                        help="cap the fast preset (default: its own planned count, 600-2000)")
     tuning.add_argument("--paper-surface", action=argparse.BooleanOptionalAction,
                         help="extract and compare the capped paper fit's surface (default: full run only)")
     tuning.add_argument("--checkpoint-every", type=int)
