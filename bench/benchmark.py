@@ -409,7 +409,8 @@ def report_text(result: dict) -> str:
     machine = result["machine"]
     paper = PRESETS["paper"]
     if settings.fast_iterations is None:
-        fast = f"the tool's own stopping rule (early stop, at most {PRESETS['fast'].max_iterations} iterations)"
+        fast = (f"the tool's own rule (iterations planned from the vessel's elongation, "
+                f"{PRESETS['fast'].min_planned_iterations}-{PRESETS['fast'].max_iterations}, early stop)")
     else:
         fast = f"capped at {settings.fast_iterations} iterations (not the tool's own stopping rule)"
     lines = [
@@ -429,7 +430,8 @@ def report_text(result: dict) -> str:
                     for s in result["shapes"]) + ".",
         f"Dice / ASD / HD95: the {settings.export_resolution}³ surface against the reference "
         f"(metrics.compare); refit: +{settings.refit_points} points, warm start, "
-        f"{settings.refit_iterations} iterations, then {settings.preview_resolution}³ extraction.",
+        f"{settings.refit_iterations or PRESETS['fast'].warm_start_iterations} iterations, "
+        f"then {settings.preview_resolution}³ extraction.",
         "",
         "Per fit:",
         "",
