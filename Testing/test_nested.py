@@ -123,6 +123,7 @@ def test_joint_and_separate_run_and_report_their_violations(walls, mode):
     json.dumps(report)
     if mode == "separate":
         assert len(result.parts) == 3 and all(p.sdf.normalization == result.sdf.normalization for p in result.parts)
+        assert [p.iterations for p in result.parts] == [120] * 3  # full fits, not the short refit schedule
         probe = np.random.default_rng(0).uniform(-1, 1, size=(500, 3))  # the shared domain, net units
         merged = result.sdf.sdf_net_units(probe)
         for k, part in enumerate(result.parts):  # the merge is exact (network outputs, before any bound)

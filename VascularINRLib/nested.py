@@ -360,7 +360,7 @@ def _fit_separate(walls, config, normalization, bounds, device, progress, progre
     of its network per fit (one bound for all its outputs) is not carried over per wall: `parts`
     keeps each wall's own fit."""
     start = time.perf_counter()
-    config = replace(config, warm_start_lr_factor=1.0)
+    config = replace(config, warm_start_lr_factor=1.0, warm_start_iterations=None)  # a full fit, not a refit
     parts = []
     for index, (name, wall_points) in enumerate(walls.items()):
         torch.manual_seed(config.seed)
