@@ -19,7 +19,8 @@ def fit_and_compare(points, reference, config=FAST, resolution=192):
     return result, surface, compare(surface.polydata, reference)
 
 
-@pytest.mark.parametrize("name,count,min_dice", [("aorta", 400, 0.95), ("right_iliac", 200, 0.93)])
+@pytest.mark.parametrize("name,count,min_dice", [("aorta", 200, 0.93), ("aorta", 400, 0.95),
+                                                  ("right_iliac", 200, 0.93), ("right_iliac", 400, 0.95)])
 def test_sv_demo_lumen_has_no_spurious_volume(shared_data, name, count, min_dice):
     reference = read_mesh(shared_data / "sv_demo" / "lofted_mm" / f"{name}_lumen_mm.vtp")
     points = sample_points_on_mesh(reference, count, seed=1)
