@@ -426,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="data folder (default: $VASCULAR_INR_DATA, else shared/data beside the repository)")
     reproduce.add_argument("--plan", choices=("quick", "standard", "full"),
                            help="how much to run (default full): quick, a few minutes (fewer shapes, points, seeds "
-                                "and iterations); standard, ~50 min on one core (3 seeds, the paper preset on "
+                                "and iterations); standard, ~25 min on 2 cores (3 seeds, the paper preset on "
                                 "N = 100 and 400 at 400 iterations); full, 20 seeds and the paper preset at 2,000 "
                                 "iterations (tens of hours on a CPU: for a GPU). The cuts are printed")
     reproduce.add_argument("--quick", action="store_true", help="the same as --plan quick")

@@ -35,7 +35,7 @@ class Plan:
     counts: List[int]
     seeds: int
     shapes: Optional[List[str]]  # None: every shape found
-    fast_iterations: Optional[int]  # None: the fast preset's own stopping rule (at most 2,000)
+    fast_iterations: Optional[int]  # None: the fast preset's own rule (planned, 600-2,000 iterations)
     paper_iterations: int
     resolution: int
     dice_voxel_mm: Optional[float]  # None: metrics' automatic voxel
@@ -64,7 +64,7 @@ PLANS = {
     "full": Plan("full", [50, 100, 200, 400, 800], 20, None, None, 2000, 192, None,
                  200, None, 192, 1.0, True, None, 400, None, 0.5,
                  ["paper preset capped at 2,000 of its 25,000 iterations (25,000 take ~20 min per fit on 2 cores)"]),
-    # ~50 min on one core of a 2-core CPU (one torch thread); full but for seeds and the paper preset.
+    # ~25 min on a 2-core CPU (23 min measured, 2026-11-29); full but for seeds and the paper preset.
     "standard": Plan("standard", [50, 100, 200, 400, 800], 3, None, None, 400, 192, None,
                      200, None, 192, 1.0, True, None, 400, None, 0.5,
                      ["3 seeds per N instead of 20",
@@ -476,8 +476,8 @@ def markdown(results: dict) -> str:
     if results["skipped"]:
         lines += ["", "Skipped:", ""] + [f"- {s}" for s in results["skipped"]]
     r = results["robustness"]
-    caps = ", ".join(f"{name}: {'own stopping rule' if v['iteration_cap'] is None else v['iteration_cap']}"
-                     f" iterations" for name, v in r["presets"].items())
+    caps = ", ".join(f"{name}: " + ("its own rule (planned iterations, early stop)" if v["iteration_cap"] is None
+                                    else f"{v['iteration_cap']} iterations") for name, v in r["presets"].items())
     per_preset = "; ".join(f"{name}: {v.get('seeds', r['seeds'])} seed(s) per N at N in "
                            f"{{{', '.join(str(n) for n in v.get('counts', r['counts']))}}}"
                            for name, v in r["presets"].items())
@@ -491,8 +491,9 @@ def markdown(results: dict) -> str:
     lines += [""] + [f"![{f}]({f})" for f in r["figures"]]
     n = results["nested"]
     lines += ["", "## 2. Nested walls", "",
-              f"{n['points_per_wall']} points per wall, preset fast capped at "
-              f"{n['iteration_cap'] or 'its own stopping rule'} iterations, nesting checked on a "
+              f"{n['points_per_wall']} points per wall, preset fast "
+              + (f"capped at {n['iteration_cap']} iterations" if n["iteration_cap"] else "with its own stopping rule")
+              + f", nesting checked on a "
               f"{n['check_voxel_mm']:g} mm grid. Per-wall Dice against the exact walls where there are any.", "",
               "| case | mode | lumen Dice | inner wall Dice | outer wall Dice | out-of-order volume mm³ | "
               "inner wall outside outer mm³ | crossing triangles | far points out of order | fit s |",
