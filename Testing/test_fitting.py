@@ -7,7 +7,7 @@ import pytest
 
 from VascularINRLib import phantoms
 from VascularINRLib.errors import FitCancelled, InputError
-from VascularINRLib.fitting import fit_points, preset, resolve_device
+from VascularINRLib.fitting import fit_points, planned_iterations, preset, resolve_device
 from VascularINRLib.mesh import read_mesh, sample_points_on_mesh
 from VascularINRLib.metrics import compare, dice
 from VascularINRLib.surface import extract_surface
@@ -147,3 +147,16 @@ def test_a_warm_start_runs_the_short_refit_schedule(aaa):
     refit = fit_points(points, preset("fast", early_stop=False), warm_start=first.sdf)
     assert refit.warm_started and refit.iterations == preset("fast").warm_start_iterations
     assert preset("paper").warm_start_iterations is None  # the paper preset stays faithful
+
+
+def test_fast_plans_more_iterations_for_longer_thinner_vessels():
+    config = preset("fast")
+    compact = np.array([[0, 0, 0], [40, 40, 40]], dtype=float)  # 40 mm across, radius 20: elongation 1
+    long_thin = np.array([[0, 0, 0], [20, 20, 340]], dtype=float)  # 340 mm long, radius 10: elongation 17
+    short, plan_short = planned_iterations(compact, 20.0, config)
+    long_, plan_long = planned_iterations(long_thin, 10.0, config)
+    assert plan_short["planned_iterations"] == config.min_planned_iterations == short.max_iterations
+    assert plan_long["planned_iterations"] == config.max_iterations == long_.max_iterations
+    assert plan_long["elongation"] == 17.0 and short.min_iterations <= short.max_iterations
+    assert preset("fast", max_iterations=300).iterations_per_elongation is None  # an explicit count is kept
+    assert preset("paper").iterations_per_elongation is None  # the paper preset stays faithful

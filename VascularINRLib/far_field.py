@@ -118,7 +118,8 @@ class FarFieldBound:
 
 @dataclass
 class FarFieldPrior:
-    """Uniform samples in [-1,1]^3 farther than D(x) from every point, with that distance (net units)."""
+    """Samples in [-1,1]^3 farther than D(x) from every point (a quarter drawn uniformly, three quarters
+    in a shell between D and 2·D around the points), with that distance and D(x), in net units."""
 
     samples: torch.Tensor
     distance: torch.Tensor
