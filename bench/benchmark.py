@@ -233,8 +233,8 @@ def refit_measures(previous, points: np.ndarray, shape: Shape, grid: ReferenceGr
     """Add `refit_points` points on the reference, continue from the previous fit, mesh for preview."""
     extra = sample_points_on_mesh(shape.mesh, settings.refit_points, seed=10_000 + seed)
     points = np.vstack([points, extra])
-    config = preset("fast", max_iterations=settings.refit_iterations, early_stop=False, seed=seed,
-                    threads=settings.threads)  # a warm start runs `warm_start_iterations` at most
+    config = preset("fast", max_iterations=settings.refit_iterations, warm_start_iterations=settings.refit_iterations,
+                    early_stop=False, seed=seed, threads=settings.threads)  # None: the preset's warm schedule
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -580,7 +580,7 @@ def parse_args(argv=None):
     tuning.add_argument("--grid-voxels", type=int, help="voxels of the checkpoint Dice grid (default 100000)")
     tuning.add_argument("--preview-resolution", type=int)
     tuning.add_argument("--export-resolution", type=int)
-    tuning.add_argument("--refit-iterations", type=int)
+    tuning.add_argument("--refit-iterations", type=int, help="warm iterations of the refit (default: the preset's 50)")
     tuning.add_argument("--dice-voxel", type=float, dest="dice_voxel_mm", help="metrics.compare's Dice voxel (mm)")
     tuning.add_argument("--distance-samples", type=int)
     tuning.add_argument("--device", choices=["cpu", "cuda", "auto"])
