@@ -145,3 +145,20 @@ def test_checkpoints_read_the_live_network_leave_the_fit_alone_and_stay_off_the_
     np.testing.assert_allclose(grid.values[-1], with_callback.sdf.sdf(grid.points), rtol=1e-5, atol=1e-5)
     without = fit_points(points, config, device="cpu")
     np.testing.assert_array_equal(without.sdf.sdf(points), with_callback.sdf.sdf(points))
+
+
+def test_a_paper_fit_that_never_reaches_the_target_bounds_the_ratio_from_below():
+    settings = benchmark.Settings(paper_iterations=1000)
+    common = {"shape": "aaa", "shape_label": "AAA phantom", "points": 200, "seed": 0, "time_to_target_held_s": None,
+              "dice": None, "asd_mm": None, "hd95_mm": None, "extract_preview_s": None, "extract_export_s": None,
+              "refit_total_s": None}
+    fast = {**common, "preset": "fast", "time_to_target_s": 4.0, "fit_s": 6.0, "iterations_per_s": 170.0,
+            "dice_end_grid": 0.965}
+    paper = {**common, "preset": "paper", "time_to_target_s": None, "fit_s": 88.0, "iterations_per_s": 11.0,
+             "dice_end_grid": 0.93}
+    summary, = benchmark.summarise([fast, paper], settings)
+    assert summary["time_ratio"] is None and summary["time_ratio_lower_bound"] == pytest.approx(22.0)
+    assert any("more than 22.0× fast's time" in line for line in benchmark.notes([summary], settings))
+    fast_never = {**fast, "time_to_target_s": None}  # neither reached it: no bound
+    summary, = benchmark.summarise([fast_never, paper], settings)
+    assert summary["time_ratio_lower_bound"] is None

@@ -4,12 +4,14 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from VascularINRLib import phantoms
 from VascularINRLib.errors import FitCancelled, InputError
 from VascularINRLib.fitting import fit_points, planned_iterations, preset, resolve_device
 from VascularINRLib.mesh import read_mesh, sample_points_on_mesh
 from VascularINRLib.metrics import compare, dice
+from VascularINRLib.sampling import EikonalSampler
 from VascularINRLib.surface import extract_surface
 
 FAST = preset("fast", early_stop=False)  # the full bounded schedule: results independent of timing
@@ -28,7 +30,7 @@ def test_sphere_reaches_dice_095(count):
     assert dice(result.sdf, sphere, voxel_mm=0.5, bounds=sphere.bounds + np.array([-5, 5, -5, 5, -5, 5])) >= 0.95
 
 
-@pytest.mark.parametrize("count", [200, 400])
+@pytest.mark.parametrize("count", [200, 400, 1000])  # 400 and 1000: a batch of the points per step
 def test_aaa_phantom_reaches_dice_095(aaa, count):
     points = sample_points_on_mesh(aaa.mesh(), count, seed=1)
     result = fit_points(points, FAST)
@@ -139,6 +141,16 @@ def test_paper_preset_is_faithful():
     assert (config.depth, config.width, config.skip_layer) == (6, 256, 3)
     assert config.learning_rate == 1e-4 and config.max_iterations == 25000
     assert config.eikonal_weight == 0.1 and config.lr_schedule == "constant"
+    assert config.points_per_step is None  # every point, every step
+
+
+def test_a_batch_of_points_samples_the_eikonal_term_around_those_points_alone():
+    points = torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.5, 0.5], [-0.5, 0.0, 0.5]])
+    sampler = EikonalSampler(points, torch.full((3,), 0.01), torch.Generator().manual_seed(0))
+    samples = sampler.local(torch.tensor([2, 0]))
+    assert samples.shape == (2, 3)
+    assert torch.linalg.norm(samples - points[[2, 0]], dim=1).max() < 0.1
+    assert sampler.local().shape == (3, 3)
 
 
 def test_a_warm_start_runs_the_short_refit_schedule(aaa):

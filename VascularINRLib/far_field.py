@@ -21,7 +21,8 @@ import torch
 from scipy.spatial import cKDTree
 
 POOL_SIZE = 1 << 16
-SHELL_SIZE = 3 << 14  # of the pool (3/4), drawn just beyond D around the points: where ends and webs leak
+SMALL_POOL_SIZE = 1 << 14  # a short refit draws few samples; building the pool is its largest fixed cost
+SHELL_FRACTION = 0.75  # of the pool, drawn just beyond D around the points: where ends and webs leak
 RADIUS_QUANTILE = 0.95
 RADIUS_SAFETY = 1.0
 NEIGHBOURS_FOR_TANGENT_BALLS = 256
@@ -132,7 +133,7 @@ class FarFieldPrior:
 
     @classmethod
     def build(cls, points_net: np.ndarray, scale_mm: float, max_radius_mm: Optional[float],
-              generator: np.random.Generator, device, dtype) -> "FarFieldPrior":
+              generator: np.random.Generator, device, dtype, pool_size: int = POOL_SIZE) -> "FarFieldPrior":
         points_mm = points_net * scale_mm
         radii = inscribed_radii(points_mm)
         estimated = max_radius_mm is None
@@ -142,8 +143,9 @@ class FarFieldPrior:
         # A radius given by the user holds everywhere; an estimated one only caps the local radii.
         local = local_radii(points_mm, radii, max_radius_mm) if estimated else np.full(len(points_mm), max_radius_mm)
         per_point = RADIUS_SAFETY * local + point_spacing(points_mm)
-        samples = np.concatenate([generator.uniform(-1.0, 1.0, size=(POOL_SIZE - SHELL_SIZE, 3)),
-                                  shell_samples(points_net, per_point / scale_mm, SHELL_SIZE, generator)])
+        shell = int(SHELL_FRACTION * pool_size)
+        samples = np.concatenate([generator.uniform(-1.0, 1.0, size=(pool_size - shell, 3)),
+                                  shell_samples(points_net, per_point / scale_mm, shell, generator)])
         distance, index = cKDTree(points_net).query(samples, k=min(NEIGHBOURS_OF_A_SAMPLE, len(points_net)))
         threshold = per_point[index].max(axis=1) / scale_mm
         beyond = distance[:, 0] > threshold  # only these ever carry the prior: keep them alone

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .errors import FitCancelled, InputError
-from .far_field import FarFieldPrior
+from .far_field import POOL_SIZE, SMALL_POOL_SIZE, FarFieldPrior
 from .network import SDFNetwork
 from .neural_sdf import NeuralSDF
 from .normalization import Normalization
@@ -50,6 +50,7 @@ class FitConfig:
     min_planned_iterations: int = 600
     uniform_samples: int = 512
     local_samples_per_point: int = 1
+    points_per_step: Optional[int] = None  # fit_points: a random batch of the points each step; None: all
     knn: Optional[int] = None  # None: adapted to the number of points
     warm_start_lr_factor: float = 0.2  # a warm start continues gently; a full learning rate undoes it
     warm_start_iterations: Optional[int] = 50  # a refit after moving or adding a few points needs few steps
@@ -71,7 +72,9 @@ class FitConfig:
 
 PRESETS = {
     # Fast: small network, high learning rate with cosine decay, the tool's own stopping rule.
-    "fast": FitConfig(max_iterations=2000, min_iterations=1500, patience=10, iterations_per_elongation=170.0),
+    # A batch of 256 points per step: large point sets cost no more per step than small ones.
+    "fast": FitConfig(max_iterations=2000, min_iterations=1500, patience=10, iterations_per_elongation=170.0,
+                      points_per_step=256),
     # Faithful to the paper: 6×256, skip into layer 3, Adam lr 1e-4, 25,000 iterations, λ 0.1.
     "paper": FitConfig(depth=6, width=256, skip_layer=3, learning_rate=1e-4, lr_schedule="constant",
                        max_iterations=25000, min_iterations=25000, early_stop=False,
@@ -226,17 +229,23 @@ def _optimise(points_mm, config, normalization, network, device, progress, progr
     far_field = None
     plan = {}
     if config.far_field:
+        draws = config.max_iterations * config.far_field_samples
         far_field = FarFieldPrior.build(normalization.to_net(points_mm), normalization.scale_mm,
-                                        config.max_radius_mm, np.random.default_rng(config.seed), device, dtype)
+                                        config.max_radius_mm, np.random.default_rng(config.seed), device, dtype,
+                                        pool_size=SMALL_POOL_SIZE if draws <= 2 * SMALL_POOL_SIZE else POOL_SIZE)
         if config.iterations_per_elongation is not None and not warm:
             config, plan = planned_iterations(points_mm, far_field.max_radius_mm, config)
 
+    batch = config.points_per_step if config.points_per_step and config.points_per_step < len(points_net) else None
+
     def loss_step() -> torch.Tensor:
-        eikonal_samples = torch.cat([sampler.local(), sampler.uniform(config.uniform_samples)])
+        index = None if batch is None else torch.randperm(len(points_net), generator=generator, device=device)[:batch]
+        eikonal_samples = torch.cat([sampler.local(index), sampler.uniform(config.uniform_samples)])
         far_samples = far_excess = None
         if far_field is not None:
             far_samples, far_excess = far_field.draw(config.far_field_samples, generator)
-        return training_loss(network, points_net, eikonal_samples, config, far_field, far_samples, far_excess)
+        points = points_net if index is None else points_net[index]
+        return training_loss(network, points, eikonal_samples, config, far_field, far_samples, far_excess)
 
     iteration, stopped_because, history = run_adam(
         network, loss_step, config, learning_rate, start, progress, progress_every, cancel_event,
@@ -279,7 +288,7 @@ def run_adam(model: torch.nn.Module, loss_step: Callable[[], torch.Tensor], conf
     the loss, averaged over `check_every` steps, has not gained 1% for `patience` checks (then the
     best weights are restored), at `max_iterations`, or past `time_limit_s` since `start`.
     Returns (iterations, stopped_because, loss history). Raises FitCancelled."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    optimizer = _adam(model, learning_rate)
     schedule = _lr_schedule(config)
     best_loss, best_state, stalled = math.inf, None, 0
     window, history = [], []
@@ -316,6 +325,14 @@ def run_adam(model: torch.nn.Module, loss_step: Callable[[], torch.Tensor], conf
     if best_state is not None and stopped_because == "converged":
         model.load_state_dict(best_state)
     return iteration, stopped_because, history
+
+
+def _adam(model: torch.nn.Module, learning_rate: float) -> torch.optim.Adam:
+    """Adam, fused into one kernel where this torch supports it for the model's device (5% faster on CPU)."""
+    try:
+        return torch.optim.Adam(model.parameters(), lr=learning_rate, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(model.parameters(), lr=learning_rate)
 
 
 def _neural_sdf(network, normalization, points_mm, far_field) -> NeuralSDF:

@@ -31,10 +31,11 @@ class EikonalSampler:
         self.sigmas = sigmas_net.repeat(local_per_point).unsqueeze(1)
         self.generator = generator
 
-    def local(self) -> torch.Tensor:
-        noise = torch.randn(self.points.shape, generator=self.generator, device=self.points.device,
-                            dtype=self.points.dtype)
-        return self.points + noise * self.sigmas
+    def local(self, index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Gaussian samples around every point, or around the points at `index`."""
+        points, sigmas = (self.points, self.sigmas) if index is None else (self.points[index], self.sigmas[index])
+        noise = torch.randn(points.shape, generator=self.generator, device=points.device, dtype=points.dtype)
+        return points + noise * sigmas
 
     def uniform(self, count: int) -> torch.Tensor:
         samples = torch.rand((count, 3), generator=self.generator, device=self.points.device,

@@ -7,7 +7,6 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import vtk
-from scipy import ndimage
 from scipy.spatial import cKDTree
 from skimage import measure
 from vtk.util import numpy_support
@@ -77,11 +76,11 @@ def evaluate_grid(sdf: SDFFunction, bounds: Sequence[float], resolution: Optiona
 def sample_grid(sdf: SDFFunction, origin, spacing: float, shape, coarse_to_fine: bool = True):
     """Values (nx, ny, nz, outputs) of an SDF with one or more outputs, and the fraction evaluated.
 
-    The grid is first sampled every COARSE_STRIDE nodes, then refined by halving the stride. A cell
-    whose corners all have |f| > 1.5 × its diagonal for every output cannot hold a surface (SDFs are
-    ~1-Lipschitz), so the nodes inside it take its corner's values without evaluation: the signs are
-    right everywhere and the values exact wherever a surface passes. Every node's outputs come from
-    one evaluation.
+    The grid is first sampled every COARSE_STRIDE nodes, then refined by halving the stride. A zero
+    inside a cell lies within its diagonal of every corner, so a cell with any corner at |f| > 1.5 ×
+    its diagonal (for any output) holds no surface (SDFs are ~1-Lipschitz): the nodes inside it take a
+    corner's values without evaluation. The signs are right everywhere and the values exact wherever a
+    surface passes. Every node's outputs come from one evaluation.
     """
     if not coarse_to_fine or min(shape) < 4 * COARSE_STRIDE:
         return _evaluate(sdf, _nodes(origin, spacing, shape)).reshape(*shape, -1), 1.0
@@ -98,13 +97,13 @@ def sample_grid(sdf: SDFFunction, origin, spacing: float, shape, coarse_to_fine:
 
 
 def _refine(sdf: SDFFunction, coarse: np.ndarray, origin, spacing: float, stride: int):
-    """Values on the lattice of half the stride: evaluated in cells that may hold a surface (and
-    their neighbours), copied from a corner elsewhere. Returns (values, nodes evaluated)."""
-    corner_min = np.abs(coarse).min(axis=3)
-    for axis in range(3):  # minimum |f| over the 8 corners of each cell
-        corner_min = np.minimum(np.take(corner_min, range(corner_min.shape[axis] - 1), axis=axis),
-                                np.take(corner_min, range(1, corner_min.shape[axis]), axis=axis))
-    active = ndimage.binary_dilation(corner_min < LIPSCHITZ_SAFETY * spacing * stride * np.sqrt(3.0))
+    """Values on the lattice of half the stride: evaluated in cells that may hold a surface, copied
+    from a corner elsewhere. Returns (values, nodes evaluated)."""
+    corner_max = np.abs(coarse).max(axis=3)
+    for axis in range(3):  # the largest |f| over the 8 corners of each cell
+        corner_max = np.maximum(np.take(corner_max, range(corner_max.shape[axis] - 1), axis=axis),
+                                np.take(corner_max, range(1, corner_max.shape[axis]), axis=axis))
+    active = corner_max < LIPSCHITZ_SAFETY * spacing * stride * np.sqrt(3.0)
     fine_shape = tuple(2 * n - 1 for n in coarse.shape[:3])
     values = coarse.repeat(2, 0).repeat(2, 1).repeat(2, 2)[: fine_shape[0], : fine_shape[1], : fine_shape[2]]
     values = np.ascontiguousarray(values)

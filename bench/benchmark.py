@@ -9,15 +9,16 @@ stderr. DIR defaults to bench/out/benchmark.
 
 Full run: every shape present (the AAA phantom, and sv_demo's aorta and the vmtk aorta where the
 data folder holds them), N = 100, 200, 400, 1000 points, seeds 0-4, the paper preset capped at 5000
-of its 25,000 iterations: about 25 min per shape, N and seed on one CPU core, so about a day for all
-60 (subsets: --shapes, --points, --seeds). --quick: the AAA phantom, N = 200, seed 0, the paper
-preset capped at 1000 iterations (about 260 s of CPU time, under 5 min on 2 quiet cores).
+of its 25,000 iterations: about 8 min per shape, N and seed on 2 cores (paper on both), so about 8 hours
+for all 60 (subsets: --shapes, --points, --seeds). --quick: the AAA phantom, N = 200, seed 0, the paper
+preset capped at 1000 iterations (about 2 min, 220 s of CPU time, on 2 quiet cores).
 Data folder: --data, else $VASCULAR_INR_DATA, else shared/data beside the repository's folder.
 
 What is measured, per shape, N and seed (the same points for both presets):
 - Points: N area-uniform samples of the reference surface (`sample_points_on_mesh`, seed).
 - Fit clock: wall time from the call of `fit_points` (including its set-up), minus the time spent in
-  this benchmark's checkpoint evaluations. Threads: 1 (`torch.set_num_threads(1)`, as the presets).
+  this benchmark's checkpoint evaluations. Threads: fast 1 (`torch.set_num_threads(1)`, as the preset),
+  paper torch's default, every core (its 6x256 network runs ~1.8x faster on 2 cores than on 1).
 - Checkpoints: every 50 iterations the progress callback copies the network's current weights and
   evaluates Dice on a fixed grid (the reference's bounding box grown by 5% of its longest side,
   about 100,000 voxels): voxel centres where the network's SDF < 0 against the reference occupancy
@@ -86,6 +87,7 @@ class Settings:
     presets: List[str] = field(default_factory=lambda: ["fast", "paper"])
     paper_iterations: int = 5000
     fast_iterations: Optional[int] = None  # None: the preset's own (planned, 600-2000, with early stop)
+    fast_points_per_step: Optional[int] = None  # None: the preset's own batch; 0: every point each step
     paper_surface: bool = True  # extract and compare the capped paper fit's surface too
     checkpoint_every: int = 50
     grid_voxels: int = 100_000
@@ -98,9 +100,11 @@ class Settings:
     distance_samples: int = 20000
     target_dice: float = TARGET_DICE
     device: str = "cpu"
-    threads: int = 1
+    threads: int = 1  # fast's torch threads: its small network is fastest on one
+    paper_threads: Optional[int] = None  # None: torch's default (every core), the paper network's fastest
 
 
+DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice, before this benchmark sets its own
 QUICK = dict(mode="quick", shapes=["aaa"], points=[200], seeds=[0], paper_iterations=1000, paper_surface=False)
 
 
@@ -210,7 +214,10 @@ def _bounds(points: np.ndarray) -> np.ndarray:
 def fit_config(name: str, seed: int, settings: Settings):
     cap = settings.paper_iterations if name == "paper" else settings.fast_iterations
     minimum = None if cap is None else min(PRESETS[name].min_iterations, cap)
-    return preset(name, max_iterations=cap, min_iterations=minimum, seed=seed, threads=settings.threads)
+    threads = settings.paper_threads if name == "paper" else settings.threads
+    batch = settings.fast_points_per_step if name == "fast" else None
+    return preset(name, max_iterations=cap, min_iterations=minimum, seed=seed, threads=threads or DEFAULT_THREADS,
+                  points_per_step=batch)
 
 
 def surface_measures(sdf, points: np.ndarray, shape: Shape, seed: int, settings: Settings) -> dict:
@@ -234,7 +241,8 @@ def refit_measures(previous, points: np.ndarray, shape: Shape, grid: ReferenceGr
     extra = sample_points_on_mesh(shape.mesh, settings.refit_points, seed=10_000 + seed)
     points = np.vstack([points, extra])
     config = preset("fast", max_iterations=settings.refit_iterations, warm_start_iterations=settings.refit_iterations,
-                    early_stop=False, seed=seed, threads=settings.threads)  # None: the preset's warm schedule
+                    early_stop=False, seed=seed, threads=settings.threads,  # None: the preset's warm schedule
+                    points_per_step=settings.fast_points_per_step)
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -367,6 +375,10 @@ def summarise(runs: List[dict], settings: Settings) -> List[dict]:
                   if paper[s]["time_to_target_s"] is not None and fast[s]["time_to_target_s"] is not None]
         row["time_ratio"] = _median(ratios)
         row["time_ratio_seeds"] = len(ratios)
+        # paper never reached the target but fast did: the ratio exceeds paper's time at its cap / fast's
+        row["time_ratio_lower_bound"] = _median(paper[s]["fit_s"] / fast[s]["time_to_target_s"] for s in both
+                                                if paper[s]["time_to_target_s"] is None
+                                                and fast[s]["time_to_target_s"] is not None)
         row["iteration_time_ratio"] = _median(fast[s]["iterations_per_s"] / paper[s]["iterations_per_s"]
                                               for s in both)
         row["paper_iteration_cap"] = settings.paper_iterations if paper else None
@@ -393,6 +405,9 @@ def notes(summary: List[dict], settings: Settings) -> List[str]:
                          f"in {row['paired_seeds'] - row['paper_reached']} of {row['paired_seeds']} seed(s): "
                          f"median Dice at the cap {_cell(row['paper_dice_end_grid'], 3)}; per iteration it is "
                          f"{_cell(row['iteration_time_ratio'], 1)}× slower than fast.")
+            if row["time_ratio_lower_bound"] is not None:
+                lines.append(f"- {where}: so paper needs more than {row['time_ratio_lower_bound']:.1f}× fast's time "
+                             f"to Dice {t} (its time at the cap / fast's time to {t}; median over those seeds).")
         if row["fast_reached"] < row["paired_seeds"]:
             lines.append(f"- {where}: fast did not reach Dice {t} in "
                          f"{row['paired_seeds'] - row['fast_reached']} of {row['paired_seeds']} seed(s) "
@@ -416,7 +431,8 @@ def report_text(result: dict) -> str:
     lines = [
         f"VascularINR benchmark ({settings.mode}): `{result['command']}`",
         f"Machine: {machine['device']} ({machine['processor']}, {machine['cpu_count']} core(s) seen), "
-        f"torch {machine['torch']}, {settings.threads} thread(s); load average (1/5/15 min) "
+        f"torch {machine['torch']}, fast on {settings.threads} thread(s), paper on "
+        f"{settings.paper_threads or machine.get('default_threads', '?')}; load average (1/5/15 min) "
         f"{_loads(machine['load_average_start'])} at the start and {_loads(machine['load_average_end'])} at the end; "
         f"{result['wall_s']:.0f} s in all ({result['cpu_s']:.0f} s of CPU time).",
         f"Presets: fast = {fast}; "
@@ -511,6 +527,7 @@ def run_benchmark(settings: Settings, data_dir: Path, output_dir: Path, command:
     started, started_cpu = time.perf_counter(), time.process_time()
     torch.set_num_threads(settings.threads)
     machine = {"device": "CUDA GPU" if settings.device != "cpu" and torch.cuda.is_available() else "CPU, no GPU",
+               "default_threads": DEFAULT_THREADS,
                "platform": platform.platform(), "processor": _cpu_model(),
                "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
                "load_average_start": _load_average()}
@@ -572,8 +589,11 @@ def parse_args(argv=None):
     tuning.add_argument("--seeds", nargs="+", type=int)
     tuning.add_argument("--presets", nargs="+", choices=list(PRESETS))
     tuning.add_argument("--paper-iterations", type=int)
+    tuning.add_argument("--paper-threads", type=int, help="torch threads of the paper preset (default: every core)")
     tuning.add_argument("--fast-iterations", type=int,
                         help="cap the fast preset (default: its own planned count, 600-2000)")
+    tuning.add_argument("--fast-points-per-step", type=int,
+                        help="points per step of the fast preset (default: its own, 256; 0: every point)")
     tuning.add_argument("--paper-surface", action=argparse.BooleanOptionalAction,
                         help="extract and compare the capped paper fit's surface (default: full run only)")
     tuning.add_argument("--checkpoint-every", type=int)
@@ -589,9 +609,9 @@ def parse_args(argv=None):
 
 def settings_from_args(args) -> Settings:
     settings = Settings(**QUICK) if args.quick else Settings()
-    for name in ("shapes", "points", "seeds", "presets", "paper_iterations", "fast_iterations", "paper_surface",
-                 "checkpoint_every", "grid_voxels", "preview_resolution", "export_resolution", "refit_iterations",
-                 "dice_voxel_mm", "distance_samples", "device"):
+    for name in ("shapes", "points", "seeds", "presets", "paper_iterations", "paper_threads", "fast_iterations",
+                 "fast_points_per_step", "paper_surface", "checkpoint_every", "grid_voxels", "preview_resolution",
+                 "export_resolution", "refit_iterations", "dice_voxel_mm", "distance_samples", "device"):
         value = getattr(args, name)
         if value is not None and value != getattr(settings, name):
             setattr(settings, name, value)
