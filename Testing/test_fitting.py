@@ -158,6 +158,7 @@ def test_a_warm_start_runs_the_short_refit_schedule(aaa):
     first = fit_points(points, preset("fast", max_iterations=50, early_stop=False))
     refit = fit_points(points, preset("fast", early_stop=False), warm_start=first.sdf)
     assert refit.warm_started and refit.iterations == preset("fast").warm_start_iterations
+    assert refit.config.uniform_samples == preset("fast").warm_start_uniform_samples < first.config.uniform_samples
     assert preset("paper").warm_start_iterations is None  # the paper preset stays faithful
 
 

@@ -54,6 +54,7 @@ class FitConfig:
     knn: Optional[int] = None  # None: adapted to the number of points
     warm_start_lr_factor: float = 0.2  # a warm start continues gently; a full learning rate undoes it
     warm_start_iterations: Optional[int] = 50  # a refit after moving or adding a few points needs few steps
+    warm_start_uniform_samples: int = 256  # the converged field is eikonal already: fewer uniform samples
     far_field: bool = True  # sign prior far from the points (see far_field.py); False: the paper's loss
     far_field_weight: float = 1.0
     far_field_samples: int = 512  # per step; they need f alone, not ∇f, so they are cheap
@@ -194,9 +195,10 @@ def fit_points(
     points_mm = check_points(points_mm)
     torch_device = resolve_device(device)
     normalization, network, warm = _initial_network(points_mm, config, warm_start, torch_device)
-    if warm and config.warm_start_iterations is not None:
+    if warm and config.warm_start_iterations is not None:  # the short refit schedule
         steps = min(config.max_iterations, config.warm_start_iterations)
-        config = replace(config, max_iterations=steps, min_iterations=min(config.min_iterations, steps))
+        config = replace(config, max_iterations=steps, min_iterations=min(config.min_iterations, steps),
+                         uniform_samples=min(config.uniform_samples, config.warm_start_uniform_samples))
     with torch_threads(config.threads if torch_device.type == "cpu" else None):
         result = _optimise(points_mm, config, normalization, network, torch_device,
                            progress, progress_every, cancel_event,
