@@ -8,7 +8,7 @@ from VascularINRLib.checkpoint import load_checkpoint, save_checkpoint
 from VascularINRLib.errors import InputError
 from VascularINRLib.fitting import fit_points, preset
 from VascularINRLib.mesh import mesh_volume_mm3, sample_points_on_mesh
-from VascularINRLib.surface import evaluate_grid, extract_surface
+from VascularINRLib.surface import evaluate_grid, extract_surface, sample_grid
 
 
 def two_spheres(points):
@@ -36,6 +36,22 @@ def test_coarse_to_fine_has_the_same_signs_as_the_full_grid(sdf):
     assert np.array_equal(full.values < 0, fast.values < 0)
     near = np.abs(full.values) < 2 * full.spacing
     assert near.sum() > 0 and np.allclose(full.values[near], fast.values[near], atol=1e-5)
+
+
+def test_coarse_to_fine_refines_wherever_any_output_crosses_zero():
+    """Two outputs whose surfaces lie far apart: each output's cells count, not the first's alone."""
+    def nested_spheres(points):
+        radius = np.linalg.norm(points, axis=1)
+        return np.column_stack([radius - 5.0, radius - 13.0])
+
+    origin, spacing, shape = np.array([-15.0, -15.0, -15.0]), 30.0 / 96, (97, 97, 97)
+    full, _ = sample_grid(nested_spheres, origin, spacing, shape, coarse_to_fine=False)
+    fast, fraction = sample_grid(nested_spheres, origin, spacing, shape, coarse_to_fine=True)
+    assert fraction < 0.5
+    for output in range(2):
+        assert np.array_equal(full[..., output] < 0, fast[..., output] < 0)
+        near = np.abs(full[..., output]) < 2 * spacing
+        assert np.allclose(full[..., output][near], fast[..., output][near], atol=1e-5)
 
 
 def test_surface_of_an_exact_sdf_is_watertight_with_the_right_volume():

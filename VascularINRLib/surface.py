@@ -77,9 +77,9 @@ def sample_grid(sdf: SDFFunction, origin, spacing: float, shape, coarse_to_fine:
     """Values (nx, ny, nz, outputs) of an SDF with one or more outputs, and the fraction evaluated.
 
     The grid is first sampled every COARSE_STRIDE nodes, then refined by halving the stride. A zero
-    inside a cell lies within its diagonal of every corner, so a cell with any corner at |f| > 1.5 ×
-    its diagonal (for any output) holds no surface (SDFs are ~1-Lipschitz): the nodes inside it take a
-    corner's values without evaluation. The signs are right everywhere and the values exact wherever a
+    inside a cell lies within its diagonal of every corner, so an output with |f| > 1.5 × the
+    diagonal at any corner does not cross zero there (SDFs are ~1-Lipschitz). A cell where no output
+    can cross takes a corner's values at its nodes without evaluation. The signs are right everywhere and the values exact wherever a
     surface passes. Every node's outputs come from one evaluation.
     """
     if not coarse_to_fine or min(shape) < 4 * COARSE_STRIDE:
@@ -99,11 +99,12 @@ def sample_grid(sdf: SDFFunction, origin, spacing: float, shape, coarse_to_fine:
 def _refine(sdf: SDFFunction, coarse: np.ndarray, origin, spacing: float, stride: int):
     """Values on the lattice of half the stride: evaluated in cells that may hold a surface, copied
     from a corner elsewhere. Returns (values, nodes evaluated)."""
-    corner_max = np.abs(coarse).max(axis=3)
-    for axis in range(3):  # the largest |f| over the 8 corners of each cell
+    corner_max = np.abs(coarse)
+    for axis in range(3):  # per output, the largest |f| over the 8 corners of each cell
         corner_max = np.maximum(np.take(corner_max, range(corner_max.shape[axis] - 1), axis=axis),
                                 np.take(corner_max, range(1, corner_max.shape[axis]), axis=axis))
-    active = corner_max < LIPSCHITZ_SAFETY * spacing * stride * np.sqrt(3.0)
+    # refined where any output may cross zero
+    active = (corner_max < LIPSCHITZ_SAFETY * spacing * stride * np.sqrt(3.0)).any(axis=3)
     fine_shape = tuple(2 * n - 1 for n in coarse.shape[:3])
     values = coarse.repeat(2, 0).repeat(2, 1).repeat(2, 2)[: fine_shape[0], : fine_shape[1], : fine_shape[2]]
     values = np.ascontiguousarray(values)
