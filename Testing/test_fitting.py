@@ -1,6 +1,5 @@
 """Fitting quality against exact phantoms and real data, at bounded iteration counts (no timings)."""
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -74,27 +73,31 @@ def test_progress_is_reported_and_the_fit_is_seeded(aaa):
     assert np.array_equal(first.sdf(probe), second.sdf(probe))
 
 
-def test_cancel_from_another_thread_stops_within_0_2_s(aaa):
+def test_cancel_from_another_thread_stops_within_one_iteration(aaa):
     points = sample_points_on_mesh(aaa.mesh(), 200, seed=4)
     cancel = threading.Event()
     started = threading.Event()
-    outcome = {}
+    iterations, outcome = [], {}
+
+    def on_progress(progress):
+        iterations.append(progress.iteration)
+        started.set()
 
     def run():
         try:
             fit_points(points, preset("fast", max_iterations=100000, early_stop=False),
-                       progress=lambda p: started.set(), progress_every=1, cancel_event=cancel)
+                       progress=on_progress, progress_every=1, cancel_event=cancel)
         except FitCancelled:
-            outcome["cancelled_at"] = time.perf_counter()
+            outcome["cancelled"] = True
 
     worker = threading.Thread(target=run)
     worker.start()
     assert started.wait(30)
-    asked = time.perf_counter()
     cancel.set()
-    worker.join(5)
-    assert "cancelled_at" in outcome
-    assert outcome["cancelled_at"] - asked < 0.2
+    seen_after_cancel = iterations[-1]
+    worker.join(30)
+    assert not worker.is_alive() and outcome.get("cancelled")
+    assert iterations[-1] - seen_after_cancel <= 1  # the iteration under way finishes, no other starts
 
 
 def test_warm_start_absorbs_new_points_quickly(aaa):
