@@ -1,10 +1,11 @@
 """Long, thin and open vessels: no spurious volume (the far-field sign prior), on real data and phantoms."""
 import numpy as np
 import pytest
+import torch
 from vtk.util import numpy_support
 
 from VascularINRLib import phantoms
-from VascularINRLib.far_field import estimate_max_radius
+from VascularINRLib.far_field import POOL_SIZE, SMALL_POOL_SIZE, FarFieldPrior, estimate_max_radius
 from VascularINRLib.fitting import FitWarning, fit_points, preset
 from VascularINRLib.mesh import read_mesh, sample_points_on_mesh
 from VascularINRLib.metrics import compare
@@ -72,3 +73,18 @@ def test_a_too_small_max_radius_is_reported():
     report = result.report()
     assert not report["max_radius_estimated"] and report["max_radius_mm"] == 3.0
     assert report["inside_beyond_far_field_mm"] > 5.0
+
+
+def test_the_far_field_pool_is_small_for_a_short_refit_and_beyond_d_everywhere():
+    points_mm = sample_points_on_mesh(phantoms.aaa_lumen().mesh(), 200, seed=0)
+    scale = float(np.abs(points_mm - points_mm.mean(axis=0)).max())
+    points_net = (points_mm - points_mm.mean(axis=0)) / scale
+
+    def build(draws):
+        return FarFieldPrior.build(points_net, scale, None, np.random.default_rng(0), "cpu", torch.float32,
+                                   draws=draws)
+
+    refit, full = build(50 * 512), build(None)
+    assert 0 < len(refit.samples) <= SMALL_POOL_SIZE < len(full.samples) <= POOL_SIZE
+    for prior in (refit, full):  # only samples that carry the prior are kept
+        assert bool((prior.distance > prior.threshold).all())

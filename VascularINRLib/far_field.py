@@ -21,7 +21,7 @@ import torch
 from scipy.spatial import cKDTree
 
 POOL_SIZE = 1 << 16
-SMALL_POOL_SIZE = 1 << 14  # a short refit draws few samples; building the pool is its largest fixed cost
+SMALL_POOL_SIZE = 1 << 14  # for fits that draw at most twice as many (a short refit)
 SHELL_FRACTION = 0.75  # of the pool, drawn just beyond D around the points: where ends and webs leak
 RADIUS_QUANTILE = 0.95
 RADIUS_SAFETY = 1.0
@@ -133,7 +133,10 @@ class FarFieldPrior:
 
     @classmethod
     def build(cls, points_net: np.ndarray, scale_mm: float, max_radius_mm: Optional[float],
-              generator: np.random.Generator, device, dtype, pool_size: int = POOL_SIZE) -> "FarFieldPrior":
+              generator: np.random.Generator, device, dtype, draws: Optional[int] = None) -> "FarFieldPrior":
+        """`draws`: how many samples the fit will take from the pool (None: many). A short refit's few
+        draws need a small pool, and building it is the refit's largest fixed cost."""
+        pool_size = SMALL_POOL_SIZE if draws is not None and draws <= 2 * SMALL_POOL_SIZE else POOL_SIZE
         points_mm = points_net * scale_mm
         radii = inscribed_radii(points_mm)
         estimated = max_radius_mm is None

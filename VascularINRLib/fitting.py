@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .errors import FitCancelled, InputError
-from .far_field import POOL_SIZE, SMALL_POOL_SIZE, FarFieldPrior
+from .far_field import FarFieldPrior
 from .network import SDFNetwork
 from .neural_sdf import NeuralSDF
 from .normalization import Normalization
@@ -231,10 +231,9 @@ def _optimise(points_mm, config, normalization, network, device, progress, progr
     far_field = None
     plan = {}
     if config.far_field:
-        draws = config.max_iterations * config.far_field_samples
         far_field = FarFieldPrior.build(normalization.to_net(points_mm), normalization.scale_mm,
                                         config.max_radius_mm, np.random.default_rng(config.seed), device, dtype,
-                                        pool_size=SMALL_POOL_SIZE if draws <= 2 * SMALL_POOL_SIZE else POOL_SIZE)
+                                        draws=config.max_iterations * config.far_field_samples)
         if config.iterations_per_elongation is not None and not warm:
             config, plan = planned_iterations(points_mm, far_field.max_radius_mm, config)
 

@@ -79,8 +79,8 @@ def sample_grid(sdf: SDFFunction, origin, spacing: float, shape, coarse_to_fine:
     The grid is first sampled every COARSE_STRIDE nodes, then refined by halving the stride. A zero
     inside a cell lies within its diagonal of every corner, so an output with |f| > 1.5 × the
     diagonal at any corner does not cross zero there (SDFs are ~1-Lipschitz). A cell where no output
-    can cross takes a corner's values at its nodes without evaluation. The signs are right everywhere and the values exact wherever a
-    surface passes. Every node's outputs come from one evaluation.
+    can cross takes a corner's values at its nodes without evaluation. The signs are right everywhere
+    and the values exact wherever a surface passes. Every node's outputs come from one evaluation.
     """
     if not coarse_to_fine or min(shape) < 4 * COARSE_STRIDE:
         return _evaluate(sdf, _nodes(origin, spacing, shape)).reshape(*shape, -1), 1.0
