@@ -168,11 +168,15 @@ def test_a_warm_start_runs_the_short_refit_schedule(aaa):
 def test_fast_plans_more_iterations_for_longer_thinner_vessels():
     config = preset("fast")
     compact = np.array([[0, 0, 0], [40, 40, 40]], dtype=float)  # 40 mm across, radius 20: elongation 1
+    medium = np.array([[0, 0, 0], [20, 20, 120]], dtype=float)  # 120 mm long, radius 10: elongation 6
     long_thin = np.array([[0, 0, 0], [20, 20, 340]], dtype=float)  # 340 mm long, radius 10: elongation 17
     short, plan_short = planned_iterations(compact, 20.0, config)
+    _, plan_medium = planned_iterations(medium, 10.0, config)
     long_, plan_long = planned_iterations(long_thin, 10.0, config)
+    # the volume left to carve away grows as elongation²: 20 × 36 = 720, in steps of 50
+    assert plan_medium == {"elongation": 6.0, "planned_iterations": 700}
     assert plan_short["planned_iterations"] == config.min_planned_iterations == short.max_iterations
     assert plan_long["planned_iterations"] == config.max_iterations == long_.max_iterations
     assert plan_long["elongation"] == 17.0 and short.min_iterations <= short.max_iterations
-    assert preset("fast", max_iterations=300).iterations_per_elongation is None  # an explicit count is kept
-    assert preset("paper").iterations_per_elongation is None  # the paper preset stays faithful
+    assert preset("fast", max_iterations=300).iterations_per_elongation_squared is None  # an explicit count is kept
+    assert preset("paper").iterations_per_elongation_squared is None  # the paper preset stays faithful

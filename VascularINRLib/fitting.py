@@ -44,10 +44,10 @@ class FitConfig:
     eikonal_weight: float = 0.1
     max_iterations: int = 4000
     min_iterations: int = 500
-    # Iterations per unit of elongation (the points' longest side / the largest vessel diameter): a
-    # long, thin vessel leaves more of the initial sphere to carve away. None: max_iterations always.
-    iterations_per_elongation: Optional[float] = None
-    min_planned_iterations: int = 600
+    # Iterations per squared elongation e (the points' longest side / the largest vessel diameter): the
+    # initial sphere's volume over the vessel's, left to carve away, grows as e². None: max_iterations.
+    iterations_per_elongation_squared: Optional[float] = None
+    min_planned_iterations: int = 400
     uniform_samples: int = 512
     local_samples_per_point: int = 1
     points_per_step: Optional[int] = None  # fit_points: a random batch of the points each step; None: all
@@ -74,7 +74,7 @@ class FitConfig:
 PRESETS = {
     # Fast: small network, high learning rate with cosine decay, the tool's own stopping rule.
     # A batch of 256 points per step: large point sets cost no more per step than small ones.
-    "fast": FitConfig(max_iterations=2000, min_iterations=1500, patience=10, iterations_per_elongation=170.0,
+    "fast": FitConfig(max_iterations=2000, min_iterations=1500, patience=10, iterations_per_elongation_squared=20.0,
                       points_per_step=256),
     # Faithful to the paper: 6×256, skip into layer 3, Adam lr 1e-4, 25,000 iterations, λ 0.1.
     "paper": FitConfig(depth=6, width=256, skip_layer=3, learning_rate=1e-4, lr_schedule="constant",
@@ -90,7 +90,7 @@ def preset(name: str = "fast", **overrides) -> FitConfig:
         raise InputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if "max_iterations" in overrides:
-        overrides.setdefault("iterations_per_elongation", None)
+        overrides.setdefault("iterations_per_elongation_squared", None)
     return replace(PRESETS[name], **overrides)
 
 
@@ -234,7 +234,7 @@ def _optimise(points_mm, config, normalization, network, device, progress, progr
         far_field = FarFieldPrior.build(normalization.to_net(points_mm), normalization.scale_mm,
                                         config.max_radius_mm, np.random.default_rng(config.seed), device, dtype,
                                         draws=config.max_iterations * config.far_field_samples)
-        if config.iterations_per_elongation is not None and not warm:
+        if config.iterations_per_elongation_squared is not None and not warm:
             config, plan = planned_iterations(points_mm, far_field.max_radius_mm, config)
 
     batch = config.points_per_step if config.points_per_step and config.points_per_step < len(points_net) else None
@@ -276,7 +276,7 @@ def _optimise(points_mm, config, normalization, network, device, progress, progr
 def planned_iterations(points_mm: np.ndarray, max_radius_mm: float, config: FitConfig):
     """The config with its iteration count planned from the vessel's elongation, and what was planned."""
     elongation = float(np.ptp(points_mm, axis=0).max()) / (2.0 * max(max_radius_mm, 1e-6))
-    planned = int(round(config.iterations_per_elongation * elongation / 50.0)) * 50
+    planned = int(round(config.iterations_per_elongation_squared * elongation ** 2 / 50.0)) * 50
     planned = int(min(config.max_iterations, max(config.min_planned_iterations, planned)))
     config = replace(config, max_iterations=planned, min_iterations=min(config.min_iterations, planned))
     return config, {"elongation": round(elongation, 2), "planned_iterations": planned}

@@ -35,7 +35,7 @@ class Plan:
     counts: List[int]
     seeds: int
     shapes: Optional[List[str]]  # None: every shape found
-    fast_iterations: Optional[int]  # None: the fast preset's own rule (planned, 600-2,000 iterations)
+    fast_iterations: Optional[int]  # None: the fast preset's own rule (planned, 400-2,000 iterations)
     paper_iterations: int
     resolution: int
     dice_voxel_mm: Optional[float]  # None: metrics' automatic voxel

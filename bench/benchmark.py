@@ -26,7 +26,7 @@ What is measured, per shape, N and seed (the same points for both presets):
   checkpoint whose Dice reaches 0.95 (so it is resolved to 50 iterations); "held" is the first
   checkpoint from which on every later one stays at or above 0.95. Fit CPU s: the same clock in
   this process's CPU time, less sensitive to a loaded machine.
-- fast: `preset('fast')` as the tool runs it (early stop on, its planned iteration count, 600-2000). At its end:
+- fast: `preset('fast')` as the tool runs it (early stop on, its planned iteration count, 400-2000). At its end:
   extraction at 128 (preview) and 256 (export) nodes along the longest side with `extract_surface`
   (points given, as the tool does), and Dice / ASD / HD95 of the 256 surface (`metrics.compare`,
   its default Dice grid and 20,000 distance samples per surface). Refit: 10 more points on the
@@ -86,7 +86,7 @@ class Settings:
     seeds: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     presets: List[str] = field(default_factory=lambda: ["fast", "paper"])
     paper_iterations: int = 5000
-    fast_iterations: Optional[int] = None  # None: the preset's own (planned, 600-2000, with early stop)
+    fast_iterations: Optional[int] = None  # None: the preset's own (planned, 400-2000, with early stop)
     fast_points_per_step: Optional[int] = None  # None: the preset's own batch; 0: every point each step
     paper_surface: bool = True  # extract and compare the capped paper fit's surface too
     checkpoint_every: int = 50
@@ -591,7 +591,7 @@ def parse_args(argv=None):
     tuning.add_argument("--paper-iterations", type=int)
     tuning.add_argument("--paper-threads", type=int, help="torch threads of the paper preset (default: every core)")
     tuning.add_argument("--fast-iterations", type=int,
-                        help="cap the fast preset (default: its own planned count, 600-2000)")
+                        help="cap the fast preset (default: its own planned count, 400-2000)")
     tuning.add_argument("--fast-points-per-step", type=int,
                         help="points per step of the fast preset (default: its own, 256; 0: every point)")
     tuning.add_argument("--paper-surface", action=argparse.BooleanOptionalAction,
