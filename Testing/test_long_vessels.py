@@ -9,6 +9,7 @@ from VascularINRLib.far_field import POOL_SIZE, SMALL_POOL_SIZE, FarFieldPrior, 
 from VascularINRLib.fitting import FitWarning, fit_points, preset
 from VascularINRLib.mesh import read_mesh, sample_points_on_mesh
 from VascularINRLib.metrics import compare
+from VascularINRLib.normalization import Normalization
 from VascularINRLib.surface import extract_surface
 
 FAST = preset("fast", early_stop=False)
@@ -77,12 +78,11 @@ def test_a_too_small_max_radius_is_reported():
 
 def test_the_far_field_pool_is_small_for_a_short_refit_and_beyond_d_everywhere():
     points_mm = sample_points_on_mesh(phantoms.aaa_lumen().mesh(), 200, seed=0)
-    scale = float(np.abs(points_mm - points_mm.mean(axis=0)).max())
-    points_net = (points_mm - points_mm.mean(axis=0)) / scale
+    normalization = Normalization.fit(points_mm)
 
     def build(draws):
-        return FarFieldPrior.build(points_net, scale, None, np.random.default_rng(0), "cpu", torch.float32,
-                                   draws=draws)
+        return FarFieldPrior.build(normalization.to_net(points_mm), normalization.scale_mm, None,
+                                   np.random.default_rng(0), "cpu", torch.float32, draws=draws)
 
     refit, full = build(50 * 512), build(None)
     assert 0 < len(refit.samples) <= SMALL_POOL_SIZE < len(full.samples) <= POOL_SIZE
