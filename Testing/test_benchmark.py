@@ -162,3 +162,14 @@ def test_a_paper_fit_that_never_reaches_the_target_bounds_the_ratio_from_below()
     fast_never = {**fast, "time_to_target_s": None}  # neither reached it: no bound
     summary, = benchmark.summarise([fast_never, paper], settings)
     assert summary["time_ratio_lower_bound"] is None
+
+
+def test_the_fast_tuning_options_reach_the_fast_preset_alone():
+    args = benchmark.parse_args(["--fast-light-iterations", "0", "--fast-iterations-per-elongation-squared", "12"])
+    settings = benchmark.settings_from_args(args)
+    fast, paper = benchmark.fit_config("fast", 0, settings), benchmark.fit_config("paper", 0, settings)
+    assert (fast.light_iterations, fast.iterations_per_elongation_squared) == (0, 12.0)
+    assert (paper.light_iterations, paper.iterations_per_elongation_squared) == (0, None)
+    assert settings.mode == "full with overrides"
+    default = benchmark.fit_config("fast", 0, benchmark.Settings())
+    assert default.light_iterations > 0 and default.iterations_per_elongation_squared is not None

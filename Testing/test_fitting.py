@@ -7,7 +7,8 @@ import torch
 
 from VascularINRLib import phantoms
 from VascularINRLib.errors import FitCancelled, InputError
-from VascularINRLib.fitting import fit_points, planned_iterations, preset, resolve_device
+from VascularINRLib.far_field import FarFieldPrior
+from VascularINRLib.fitting import fit_points, planned_iterations, preset, resolve_device, samples_per_step
 from VascularINRLib.mesh import read_mesh, sample_points_on_mesh
 from VascularINRLib.metrics import compare, dice
 from VascularINRLib.sampling import EikonalSampler
@@ -144,7 +145,7 @@ def test_paper_preset_is_faithful():
     assert (config.depth, config.width, config.skip_layer) == (6, 256, 3)
     assert config.learning_rate == 1e-4 and config.max_iterations == 25000
     assert config.eikonal_weight == 0.1 and config.lr_schedule == "constant"
-    assert config.points_per_step is None  # every point, every step
+    assert config.points_per_step is None and config.light_iterations == 0  # every point and sample, every step
 
 
 def test_a_batch_of_points_samples_the_eikonal_term_around_those_points_alone():
@@ -173,10 +174,34 @@ def test_fast_plans_more_iterations_for_longer_thinner_vessels():
     short, plan_short = planned_iterations(compact, 20.0, config)
     _, plan_medium = planned_iterations(medium, 10.0, config)
     long_, plan_long = planned_iterations(long_thin, 10.0, config)
-    # the volume left to carve away grows as elongation²: 20 × 36 = 720, in steps of 50
-    assert plan_medium == {"elongation": 6.0, "planned_iterations": 700}
+    # the volume left to carve away grows as elongation²: 16 × 36 = 576, in steps of 50
+    assert plan_medium == {"elongation": 6.0, "planned_iterations": 600}
     assert plan_short["planned_iterations"] == config.min_planned_iterations == short.max_iterations
     assert plan_long["planned_iterations"] == config.max_iterations == long_.max_iterations
     assert plan_long["elongation"] == 17.0 and short.min_iterations <= short.max_iterations
     assert preset("fast", max_iterations=300).iterations_per_elongation_squared is None  # an explicit count is kept
     assert preset("paper").iterations_per_elongation_squared is None  # the paper preset stays faithful
+
+
+def test_the_first_iterations_of_a_fresh_fit_take_a_fraction_of_the_samples(aaa, monkeypatch):
+    config = preset("fast", max_iterations=10, early_stop=False, light_iterations=4, light_sample_fraction=0.5)
+    assert samples_per_step(config, 1000) == (256, 512, 512)
+    assert samples_per_step(config, 1000, 0.5) == (128, 256, 256)
+    assert samples_per_step(config, 200, 0.5) == (128, 256, 256)  # never below LIGHT_MIN_POINTS points
+    assert samples_per_step(config, 100, 0.5) == (100, 256, 256)  # all of them when there are fewer
+    with pytest.raises(InputError, match="fraction"):
+        samples_per_step(config, 100, 0.0)
+    drawn = []
+    real_draw = FarFieldPrior.draw
+
+    def draw_and_count(prior, count, generator):  # the real draw, counted
+        drawn.append(count)
+        return real_draw(prior, count, generator)
+
+    monkeypatch.setattr(FarFieldPrior, "draw", draw_and_count)
+    points = sample_points_on_mesh(aaa.mesh(), 300, seed=2)
+    first = fit_points(points, config)
+    assert drawn == [256] * 4 + [512] * 6 and first.iterations == 10
+    drawn.clear()
+    fit_points(points, config, warm_start=first.sdf)  # a refit continues a carved field: every sample
+    assert drawn == [512] * 10

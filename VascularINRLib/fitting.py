@@ -25,6 +25,9 @@ from .points_check import check_points
 from .sampling import EikonalSampler, local_sigmas
 
 
+LIGHT_MIN_POINTS = 128  # the fewest points a light step takes
+
+
 class FitWarning(UserWarning):
     """A fit finished but shows a symptom worth the user's attention."""
 
@@ -51,6 +54,10 @@ class FitConfig:
     uniform_samples: int = 512
     local_samples_per_point: int = 1
     points_per_step: Optional[int] = None  # fit_points: a random batch of the points each step; None: all
+    # The first iterations of a fresh fit carve the initial sphere towards the vessel: they take this
+    # fraction of each step's points, eikonal and far-field samples, and cost that much less.
+    light_iterations: int = 0
+    light_sample_fraction: float = 0.5
     knn: Optional[int] = None  # None: adapted to the number of points
     warm_start_lr_factor: float = 0.2  # a warm start continues gently; a full learning rate undoes it
     warm_start_iterations: Optional[int] = 50  # a refit after moving or adding a few points needs few steps
@@ -74,8 +81,9 @@ class FitConfig:
 PRESETS = {
     # Fast: small network, high learning rate with cosine decay, the tool's own stopping rule.
     # A batch of 256 points per step: large point sets cost no more per step than small ones.
-    "fast": FitConfig(max_iterations=2000, min_iterations=1500, patience=10, iterations_per_elongation_squared=20.0,
-                      points_per_step=256),
+    # The first 300 steps take half the samples: they carve the sphere, the full steps refine.
+    "fast": FitConfig(max_iterations=2000, min_iterations=1500, patience=10, iterations_per_elongation_squared=16.0,
+                      points_per_step=256, light_iterations=300),
     # Faithful to the paper: 6×256, skip into layer 3, Adam lr 1e-4, 25,000 iterations, λ 0.1.
     "paper": FitConfig(depth=6, width=256, skip_layer=3, learning_rate=1e-4, lr_schedule="constant",
                        max_iterations=25000, min_iterations=25000, early_stop=False,
@@ -237,14 +245,19 @@ def _optimise(points_mm, config, normalization, network, device, progress, progr
         if config.iterations_per_elongation_squared is not None and not warm:
             config, plan = planned_iterations(points_mm, far_field.max_radius_mm, config)
 
-    batch = config.points_per_step if config.points_per_step and config.points_per_step < len(points_net) else None
+    full = samples_per_step(config, len(points_net))
+    light = samples_per_step(config, len(points_net), config.light_sample_fraction)
+    light_iterations = 0 if warm else config.light_iterations
 
-    def loss_step() -> torch.Tensor:
-        index = None if batch is None else torch.randperm(len(points_net), generator=generator, device=device)[:batch]
-        eikonal_samples = torch.cat([sampler.local(index), sampler.uniform(config.uniform_samples)])
+    def loss_step(iteration: int) -> torch.Tensor:
+        point_count, uniform_count, far_count = light if iteration <= light_iterations else full
+        index = None
+        if point_count < len(points_net):
+            index = torch.randperm(len(points_net), generator=generator, device=device)[:point_count]
+        eikonal_samples = torch.cat([sampler.local(index), sampler.uniform(uniform_count)])
         far_samples = far_excess = None
         if far_field is not None:
-            far_samples, far_excess = far_field.draw(config.far_field_samples, generator)
+            far_samples, far_excess = far_field.draw(far_count, generator)
         points = points_net if index is None else points_net[index]
         return training_loss(network, points, eikonal_samples, config, far_field, far_samples, far_excess)
 
@@ -273,6 +286,18 @@ def _optimise(points_mm, config, normalization, network, device, progress, progr
                      prior=prior)
 
 
+def samples_per_step(config: FitConfig, point_count: int, fraction: float = 1.0):
+    """(points, uniform eikonal samples, far-field samples) that one step takes, scaled by `fraction`;
+    the points not below LIGHT_MIN_POINTS (all of them when there are fewer): each of few points counts.
+    The eikonal samples near the points follow the points."""
+    if not 0.0 < fraction <= 1.0:
+        raise InputError(f"a fraction of the samples per step must lie in (0, 1], got {fraction}")
+    points = min(point_count, config.points_per_step or point_count)
+    points = max(int(round(points * fraction)), min(points, LIGHT_MIN_POINTS))
+    return (points, max(1, int(round(config.uniform_samples * fraction))),
+            max(1, int(round(config.far_field_samples * fraction))))
+
+
 def planned_iterations(points_mm: np.ndarray, max_radius_mm: float, config: FitConfig):
     """The config with its iteration count planned from the vessel's elongation, and what was planned."""
     elongation = float(np.ptp(points_mm, axis=0).max()) / (2.0 * max(max_radius_mm, 1e-6))
@@ -282,12 +307,12 @@ def planned_iterations(points_mm: np.ndarray, max_radius_mm: float, config: FitC
     return config, {"elongation": round(elongation, 2), "planned_iterations": planned}
 
 
-def run_adam(model: torch.nn.Module, loss_step: Callable[[], torch.Tensor], config: FitConfig,
+def run_adam(model: torch.nn.Module, loss_step: Callable[[int], torch.Tensor], config: FitConfig,
              learning_rate: float, start: float, progress=None, progress_every: int = 50,
              cancel_event: Optional[threading.Event] = None, snapshot: Optional[Callable[[], NeuralSDF]] = None):
-    """Adam on `loss_step()` with the configured schedule and the tool's own stopping rule: stop when
-    the loss, averaged over `check_every` steps, has not gained 1% for `patience` checks (then the
-    best weights are restored), at `max_iterations`, or past `time_limit_s` since `start`.
+    """Adam on `loss_step(iteration)` (from 1) with the configured schedule and the tool's own stopping
+    rule: stop when the loss, averaged over `check_every` steps, has not gained 1% for `patience`
+    checks (then the best weights are restored), at `max_iterations`, or past `time_limit_s` since `start`.
     Returns (iterations, stopped_because, loss history). Raises FitCancelled."""
     optimizer = _adam(model, learning_rate)
     schedule = _lr_schedule(config)
@@ -301,7 +326,7 @@ def run_adam(model: torch.nn.Module, loss_step: Callable[[], torch.Tensor], conf
         for group in optimizer.param_groups:
             group["lr"] = learning_rate * schedule(iteration - 1)
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_step()
+        loss = loss_step(iteration)
         loss.backward()
         optimizer.step()
         window.append(float(loss.detach()))

@@ -430,8 +430,8 @@ def _fit_one_network(walls, mode, config, normalization, bounds, device, progres
                                         config.max_radius_mm, np.random.default_rng(config.seed), device, dtype)
     far_count = getattr(config, "far_field_samples", config.uniform_samples)
     iteration, stopped_because, history = run_adam(
-        model, lambda: _nested_loss(model, all_points, slices, sampler, config, far_field, far_outputs, far_count,
-                                    generator),
+        model, lambda iteration: _nested_loss(model, all_points, slices, sampler, config, far_field, far_outputs,
+                                              far_count, generator),
         config, config.learning_rate, start, progress, progress_every, cancel_event)
     model = model.eval()
     network = model.to_plain() if isinstance(model, NestedNetwork) else model

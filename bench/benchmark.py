@@ -88,6 +88,8 @@ class Settings:
     paper_iterations: int = 5000
     fast_iterations: Optional[int] = None  # None: the preset's own (planned, 400-2000, with early stop)
     fast_points_per_step: Optional[int] = None  # None: the preset's own batch; 0: every point each step
+    fast_light_iterations: Optional[int] = None  # None: the preset's own; 0: every step takes every sample
+    fast_iterations_per_elongation_squared: Optional[float] = None  # None: the preset's own plan
     paper_surface: bool = True  # extract and compare the capped paper fit's surface too
     checkpoint_every: int = 50
     grid_voxels: int = 100_000
@@ -216,8 +218,10 @@ def fit_config(name: str, seed: int, settings: Settings):
     minimum = None if cap is None else min(PRESETS[name].min_iterations, cap)
     threads = settings.paper_threads if name == "paper" else settings.threads
     batch = settings.fast_points_per_step if name == "fast" else None
+    light = settings.fast_light_iterations if name == "fast" else None
+    plan = settings.fast_iterations_per_elongation_squared if name == "fast" else None
     return preset(name, max_iterations=cap, min_iterations=minimum, seed=seed, threads=threads or DEFAULT_THREADS,
-                  points_per_step=batch)
+                  points_per_step=batch, light_iterations=light, iterations_per_elongation_squared=plan)
 
 
 def surface_measures(sdf, points: np.ndarray, shape: Shape, seed: int, settings: Settings) -> dict:
@@ -594,6 +598,11 @@ def parse_args(argv=None):
                         help="cap the fast preset (default: its own planned count, 400-2000)")
     tuning.add_argument("--fast-points-per-step", type=int,
                         help="points per step of the fast preset (default: its own, 256; 0: every point)")
+    tuning.add_argument("--fast-iterations-per-elongation-squared", type=float,
+                        help="the fast preset's plan: iterations per squared elongation (default: its own)")
+    tuning.add_argument("--fast-light-iterations", type=int,
+                        help="first iterations of the fast preset that take half the samples (default: its own, "
+                             "300; 0: none)")
     tuning.add_argument("--paper-surface", action=argparse.BooleanOptionalAction,
                         help="extract and compare the capped paper fit's surface (default: full run only)")
     tuning.add_argument("--checkpoint-every", type=int)
@@ -610,8 +619,9 @@ def parse_args(argv=None):
 def settings_from_args(args) -> Settings:
     settings = Settings(**QUICK) if args.quick else Settings()
     for name in ("shapes", "points", "seeds", "presets", "paper_iterations", "paper_threads", "fast_iterations",
-                 "fast_points_per_step", "paper_surface", "checkpoint_every", "grid_voxels", "preview_resolution",
-                 "export_resolution", "refit_iterations", "dice_voxel_mm", "distance_samples", "device"):
+                 "fast_points_per_step", "fast_light_iterations", "fast_iterations_per_elongation_squared",
+                 "paper_surface", "checkpoint_every", "grid_voxels", "preview_resolution", "export_resolution",
+                 "refit_iterations", "dice_voxel_mm", "distance_samples", "device"):
         value = getattr(args, name)
         if value is not None and value != getattr(settings, name):
             setattr(settings, name, value)
