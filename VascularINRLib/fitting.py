@@ -82,7 +82,7 @@ PRESETS = {
     # Fast: small network, high learning rate with cosine decay, the tool's own stopping rule.
     # A batch of 256 points per step: large point sets cost no more per step than small ones.
     # The first 300 steps take half the samples: they carve the sphere, the full steps refine.
-    "fast": FitConfig(max_iterations=2000, min_iterations=1500, patience=10, iterations_per_elongation_squared=16.0,
+    "fast": FitConfig(max_iterations=2000, min_iterations=1500, patience=10, iterations_per_elongation_squared=20.0,
                       points_per_step=256, light_iterations=300),
     # Faithful to the paper: 6×256, skip into layer 3, Adam lr 1e-4, 25,000 iterations, λ 0.1.
     "paper": FitConfig(depth=6, width=256, skip_layer=3, learning_rate=1e-4, lr_schedule="constant",
