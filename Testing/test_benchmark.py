@@ -7,6 +7,7 @@ import importlib.util
 import io
 import json
 import math
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -173,3 +174,22 @@ def test_the_fast_tuning_options_reach_the_fast_preset_alone():
     assert settings.mode == "full with overrides"
     default = benchmark.fit_config("fast", 0, benchmark.Settings())
     assert default.light_iterations > 0 and default.iterations_per_elongation_squared is not None
+
+
+def test_the_warm_up_starts_torch_before_the_measured_fits(tiny_run):
+    _, printed, out = tiny_run
+    result = json.loads((out / "benchmark.json").read_text())
+    assert result["settings"]["warm_up"] and result["warm_up_s"] > 0
+    assert "Warm-up: 10 unmeasured iterations" in printed
+    # torch's one-off start-up is the import of torch._dynamo by the first optimizer: a fresh process
+    # has it after the warm-up, not before
+    script = ("import importlib.util, sys\n"
+              f"spec = importlib.util.spec_from_file_location('b', {str(ROOT / 'bench' / 'benchmark.py')!r})\n"
+              "b = importlib.util.module_from_spec(spec); sys.modules['b'] = b; spec.loader.exec_module(b)\n"
+              "before = 'torch._dynamo' in sys.modules\n"
+              "b.warm_up(b.Settings(presets=['fast']))\n"
+              "print(before, 'torch._dynamo' in sys.modules)\n")
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split() == ["False", "True"]
+    assert not benchmark.settings_from_args(benchmark.parse_args(["--no-warm-up"])).warm_up

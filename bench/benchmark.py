@@ -17,8 +17,11 @@ Data folder: --data, else $VASCULAR_INR_DATA, else shared/data beside the reposi
 What is measured, per shape, N and seed (the same points for both presets):
 - Points: N area-uniform samples of the reference surface (`sample_points_on_mesh`, seed).
 - Fit clock: wall time from the call of `fit_points` (including its set-up), minus the time spent in
-  this benchmark's checkpoint evaluations. Threads: fast 1 (`torch.set_num_threads(1)`, as the preset),
-  paper torch's default, every core (its 6x256 network runs ~1.8x faster on 2 cores than on 1).
+  this benchmark's checkpoint evaluations. Before the first measured fit, a warm-up runs 10
+  unmeasured iterations of each preset (--no-warm-up skips it): a process's first fit pays torch's
+  one-off start-up, about 1 s, which a long-lived Slicer or browser session pays once. Threads:
+  fast 1 (`torch.set_num_threads(1)`, as the preset), paper torch's default, every core (its 6x256
+  network runs ~1.8x faster on 2 cores than on 1).
 - Checkpoints: every 50 iterations the progress callback copies the network's current weights and
   evaluates Dice on a fixed grid (the reference's bounding box grown by 5% of its longest side,
   about 100,000 voxels): voxel centres where the network's SDF < 0 against the reference occupancy
@@ -104,9 +107,11 @@ class Settings:
     device: str = "cpu"
     threads: int = 1  # fast's torch threads: its small network is fastest on one
     paper_threads: Optional[int] = None  # None: torch's default (every core), the paper network's fastest
+    warm_up: bool = True  # a few iterations of each preset first: the measured fits find torch started
 
 
 DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice, before this benchmark sets its own
+WARM_UP_ITERATIONS = 10
 QUICK = dict(mode="quick", shapes=["aaa"], points=[200], seeds=[0], paper_iterations=1000, paper_surface=False)
 
 
@@ -442,6 +447,10 @@ def report_text(result: dict) -> str:
         f"Presets: fast = {fast}; "
         f"paper = capped at {settings.paper_iterations} of its {paper.max_iterations:,} iterations "
         f"({paper.lr_schedule} lr {paper.learning_rate:g}, no early stop).",
+        (f"Warm-up: {WARM_UP_ITERATIONS} unmeasured iterations of each preset first ({result['warm_up_s']:.1f} s), "
+         f"so no measured fit carries torch's one-off start-up."
+         if result.get("warm_up_s") is not None else
+         "No warm-up: the first measured fit carries torch's one-off start-up (about 1 s)."),
         f"Time to Dice {settings.target_dice:g}: the fit clock (checkpoint evaluation excluded) at the first "
         f"checkpoint (every {settings.checkpoint_every} iterations) whose Dice on the reference grid reaches it; "
         f"'—' where it never did; 'held': from that checkpoint on, every later one stayed at or above it. "
@@ -525,6 +534,23 @@ def _load_average():
         return None
 
 
+def warm_up(settings: Settings) -> float:
+    """Run WARM_UP_ITERATIONS of each preset on 100 points of the AAA phantom, unmeasured; return the seconds.
+
+    A process's first fit pays torch's one-off start-up (the first optimizer imports torch._dynamo,
+    about 1 s here), which a long-lived Slicer or browser session pays once. Without a warm-up, the
+    first measured fit (in --quick, the only fast one) would carry it and the paper/fast ratio with it."""
+    started = time.perf_counter()
+    points = sample_points_on_mesh(phantoms.aaa_lumen().mesh(), 100, seed=0)
+    for name in settings.presets:
+        config = preset(name, max_iterations=WARM_UP_ITERATIONS, min_iterations=WARM_UP_ITERATIONS,
+                        threads=fit_config(name, 0, settings).threads)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit_points(points, config, device=settings.device)
+    return time.perf_counter() - started
+
+
 def run_benchmark(settings: Settings, data_dir: Path, output_dir: Path, command: str = "",
                   log: Callable[[str], None] = lambda text: print(text, file=sys.stderr, flush=True)) -> dict:
     """Run every fit, write benchmark.json / .md / .png under output_dir and return the result."""
@@ -538,6 +564,9 @@ def run_benchmark(settings: Settings, data_dir: Path, output_dir: Path, command:
     shapes = load_shapes(settings.shapes, data_dir, log)
     if not shapes:
         raise SystemExit("no shape to benchmark")
+    warm_up_s = warm_up(settings) if settings.warm_up else None
+    if warm_up_s is not None:
+        log(f"warm-up: {WARM_UP_ITERATIONS} iterations of {', '.join(settings.presets)} in {warm_up_s:.1f} s")
     runs, shape_info = [], []
     total = len(shapes) * len(settings.points) * len(settings.seeds) * len(settings.presets)
     done = 0
@@ -559,7 +588,7 @@ def run_benchmark(settings: Settings, data_dir: Path, output_dir: Path, command:
                         f"{_cell(run['time_to_target_s'], 1)} s, Dice end (grid) {run['dice_end_grid']:.3f}")
     machine["load_average_end"] = _load_average()
     result = {"command": command, "settings": asdict(settings), "machine": machine, "data_dir": str(data_dir), "shapes": shape_info,
-              "runs": runs, "summary": summarise(runs, settings), "wall_s": time.perf_counter() - started,
+              "warm_up_s": warm_up_s, "runs": runs, "summary": summarise(runs, settings), "wall_s": time.perf_counter() - started,
               "cpu_s": time.process_time() - started_cpu}
     output_dir.mkdir(parents=True, exist_ok=True)
     text = report_text(result)
@@ -605,6 +634,9 @@ def parse_args(argv=None):
                              "300; 0: none)")
     tuning.add_argument("--paper-surface", action=argparse.BooleanOptionalAction,
                         help="extract and compare the capped paper fit's surface (default: full run only)")
+    tuning.add_argument("--warm-up", action=argparse.BooleanOptionalAction,
+                        help=f"run {WARM_UP_ITERATIONS} unmeasured iterations of each preset first, so that no "
+                             f"measured fit carries torch's start-up (default: on)")
     tuning.add_argument("--checkpoint-every", type=int)
     tuning.add_argument("--grid-voxels", type=int, help="voxels of the checkpoint Dice grid (default 100000)")
     tuning.add_argument("--preview-resolution", type=int)
@@ -621,7 +653,7 @@ def settings_from_args(args) -> Settings:
     for name in ("shapes", "points", "seeds", "presets", "paper_iterations", "paper_threads", "fast_iterations",
                  "fast_points_per_step", "fast_light_iterations", "fast_iterations_per_elongation_squared",
                  "paper_surface", "checkpoint_every", "grid_voxels", "preview_resolution", "export_resolution",
-                 "refit_iterations", "dice_voxel_mm", "distance_samples", "device"):
+                 "refit_iterations", "dice_voxel_mm", "distance_samples", "device", "warm_up"):
         value = getattr(args, name)
         if value is not None and value != getattr(settings, name):
             setattr(settings, name, value)
