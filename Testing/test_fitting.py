@@ -1,4 +1,5 @@
 """Fitting quality against exact phantoms and real data, at bounded iteration counts (no timings)."""
+import math
 import threading
 
 import numpy as np
@@ -146,6 +147,28 @@ def test_paper_preset_is_faithful():
     assert config.learning_rate == 1e-4 and config.max_iterations == 25000
     assert config.eikonal_weight == 0.1 and config.lr_schedule == "constant"
     assert config.points_per_step is None and config.light_iterations == 0  # every point and sample, every step
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_the_learning_rate_follows_its_schedule_to_zero_over_the_fit(aaa, monkeypatch, schedule):
+    import VascularINRLib.fitting as fitting
+    optimizers, rates = [], []
+    real_adam = fitting._adam
+
+    def recording_adam(model, learning_rate):
+        optimizers.append(real_adam(model, learning_rate))
+        return optimizers[-1]
+
+    monkeypatch.setattr(fitting, "_adam", recording_adam)
+    config = preset("fast", max_iterations=40, early_stop=False, lr_schedule=schedule)
+    points = sample_points_on_mesh(aaa.mesh(), 100, seed=0)
+    fit_points(points, config, progress=lambda p: rates.append(optimizers[0].param_groups[0]["lr"]), progress_every=1)
+    fraction = [step / 40 for step in range(40)]  # the step before each iteration
+    falls = [1.0 - f for f in fraction] if schedule == "linear" else [0.5 * (1 + math.cos(math.pi * f)) for f in fraction]
+    assert rates == pytest.approx([config.learning_rate * f for f in falls])
+    assert preset("fast").lr_schedule == "cosine"
+    with pytest.raises(InputError, match="linear, cosine or constant"):
+        fit_points(points, preset("fast", max_iterations=5, lr_schedule="step"))
 
 
 def test_a_batch_of_points_samples_the_eikonal_term_around_those_points_alone():

@@ -43,7 +43,7 @@ class FitConfig:
     beta: float = 100.0
     init_radius: float = 0.5
     learning_rate: float = 5e-3
-    lr_schedule: str = "cosine"  # or "constant"
+    lr_schedule: str = "cosine"  # "linear" (to 0 at max_iterations), "cosine" or "constant"
     eikonal_weight: float = 0.1
     max_iterations: int = 4000
     min_iterations: int = 500
@@ -369,10 +369,12 @@ def _neural_sdf(network, normalization, points_mm, far_field) -> NeuralSDF:
 def _lr_schedule(config: FitConfig) -> Callable[[int], float]:
     if config.lr_schedule == "constant":
         return lambda step: 1.0
+    total = max(1, config.max_iterations)
+    if config.lr_schedule == "linear":
+        return lambda step: 1.0 - min(step, total) / total
     if config.lr_schedule == "cosine":
-        total = max(1, config.max_iterations)
         return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-    raise InputError(f"unknown lr_schedule {config.lr_schedule!r}; choose cosine or constant")
+    raise InputError(f"unknown lr_schedule {config.lr_schedule!r}; choose linear, cosine or constant")
 
 
 def _bounds(points_mm: np.ndarray) -> np.ndarray:

@@ -93,6 +93,7 @@ class Settings:
     fast_points_per_step: Optional[int] = None  # None: the preset's own batch; 0: every point each step
     fast_light_iterations: Optional[int] = None  # None: the preset's own; 0: every step takes every sample
     fast_iterations_per_elongation_squared: Optional[float] = None  # None: the preset's own plan
+    fast_lr_schedule: Optional[str] = None  # None: the preset's own learning-rate schedule
     paper_surface: bool = True  # extract and compare the capped paper fit's surface too
     checkpoint_every: int = 50
     grid_voxels: int = 100_000
@@ -225,8 +226,10 @@ def fit_config(name: str, seed: int, settings: Settings):
     batch = settings.fast_points_per_step if name == "fast" else None
     light = settings.fast_light_iterations if name == "fast" else None
     plan = settings.fast_iterations_per_elongation_squared if name == "fast" else None
+    schedule = settings.fast_lr_schedule if name == "fast" else None
     return preset(name, max_iterations=cap, min_iterations=minimum, seed=seed, threads=threads or DEFAULT_THREADS,
-                  points_per_step=batch, light_iterations=light, iterations_per_elongation_squared=plan)
+                  points_per_step=batch, light_iterations=light, iterations_per_elongation_squared=plan,
+                  lr_schedule=schedule)
 
 
 def surface_measures(sdf, points: np.ndarray, shape: Shape, seed: int, settings: Settings) -> dict:
@@ -251,7 +254,7 @@ def refit_measures(previous, points: np.ndarray, shape: Shape, grid: ReferenceGr
     points = np.vstack([points, extra])
     config = preset("fast", max_iterations=settings.refit_iterations, warm_start_iterations=settings.refit_iterations,
                     early_stop=False, seed=seed, threads=settings.threads,  # None: the preset's warm schedule
-                    points_per_step=settings.fast_points_per_step)
+                    points_per_step=settings.fast_points_per_step, lr_schedule=settings.fast_lr_schedule)
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -632,6 +635,8 @@ def parse_args(argv=None):
     tuning.add_argument("--fast-light-iterations", type=int,
                         help="first iterations of the fast preset that take half the samples (default: its own, "
                              "300; 0: none)")
+    tuning.add_argument("--fast-lr-schedule", choices=["linear", "cosine"],
+                        help="the fast preset's learning-rate schedule (default: its own)")
     tuning.add_argument("--paper-surface", action=argparse.BooleanOptionalAction,
                         help="extract and compare the capped paper fit's surface (default: full run only)")
     tuning.add_argument("--warm-up", action=argparse.BooleanOptionalAction,
@@ -652,6 +657,7 @@ def settings_from_args(args) -> Settings:
     settings = Settings(**QUICK) if args.quick else Settings()
     for name in ("shapes", "points", "seeds", "presets", "paper_iterations", "paper_threads", "fast_iterations",
                  "fast_points_per_step", "fast_light_iterations", "fast_iterations_per_elongation_squared",
+                 "fast_lr_schedule",
                  "paper_surface", "checkpoint_every", "grid_voxels", "preview_resolution", "export_resolution",
                  "refit_iterations", "dice_voxel_mm", "distance_samples", "device", "warm_up"):
         value = getattr(args, name)
