@@ -162,9 +162,13 @@ def test_the_learning_rate_follows_its_schedule_to_zero_over_the_fit(aaa, monkey
     monkeypatch.setattr(fitting, "_adam", recording_adam)
     config = preset("fast", max_iterations=40, early_stop=False, lr_schedule=schedule)
     points = sample_points_on_mesh(aaa.mesh(), 100, seed=0)
-    fit_points(points, config, progress=lambda p: rates.append(optimizers[0].param_groups[0]["lr"]), progress_every=1)
+    fit_points(points, config, progress_every=1,
+               progress=lambda p: rates.append(optimizers[0].param_groups[0]["lr"]))
     fraction = [step / 40 for step in range(40)]  # the step before each iteration
-    falls = [1.0 - f for f in fraction] if schedule == "linear" else [0.5 * (1 + math.cos(math.pi * f)) for f in fraction]
+    if schedule == "linear":
+        falls = [1.0 - f for f in fraction]
+    else:
+        falls = [0.5 * (1 + math.cos(math.pi * f)) for f in fraction]
     assert rates == pytest.approx([config.learning_rate * f for f in falls])
     assert preset("fast").lr_schedule == "cosine"
     with pytest.raises(InputError, match="linear, cosine or constant"):

@@ -590,9 +590,9 @@ def run_benchmark(settings: Settings, data_dir: Path, output_dir: Path, command:
                         f"({run['stopped_because']}) in {run['fit_s']:.1f} s, t→{settings.target_dice:g} "
                         f"{_cell(run['time_to_target_s'], 1)} s, Dice end (grid) {run['dice_end_grid']:.3f}")
     machine["load_average_end"] = _load_average()
-    result = {"command": command, "settings": asdict(settings), "machine": machine, "data_dir": str(data_dir), "shapes": shape_info,
-              "warm_up_s": warm_up_s, "runs": runs, "summary": summarise(runs, settings), "wall_s": time.perf_counter() - started,
-              "cpu_s": time.process_time() - started_cpu}
+    result = {"command": command, "settings": asdict(settings), "machine": machine, "data_dir": str(data_dir),
+              "shapes": shape_info, "warm_up_s": warm_up_s, "runs": runs, "summary": summarise(runs, settings),
+              "wall_s": time.perf_counter() - started, "cpu_s": time.process_time() - started_cpu}
     output_dir.mkdir(parents=True, exist_ok=True)
     text = report_text(result)
     plot_curves(runs, shape_info, output_dir / "benchmark.png", settings.target_dice)
