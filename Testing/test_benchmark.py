@@ -183,11 +183,9 @@ def test_the_warm_up_starts_torch_before_the_measured_fits(tiny_run):
     assert "Warm-up: 10 unmeasured iterations" in printed
     # torch's one-off start-up is the import of torch._dynamo by the first optimizer: a fresh process
     # has it after the warm-up, not before
-    script = ("import importlib.util, sys\n"
-              f"spec = importlib.util.spec_from_file_location('b', {str(ROOT / 'bench' / 'benchmark.py')!r})\n"
-              "b = importlib.util.module_from_spec(spec); sys.modules['b'] = b; spec.loader.exec_module(b)\n"
+    script = (f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import benchmark\n"
               "before = 'torch._dynamo' in sys.modules\n"
-              "b.warm_up(b.Settings(presets=['fast']))\n"
+              "benchmark.warm_up(benchmark.Settings(presets=['fast']), benchmark.phantoms.sphere(10.0).mesh())\n"
               "print(before, 'torch._dynamo' in sys.modules)\n")
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr

@@ -18,7 +18,7 @@ What is measured, per shape, N and seed (the same points for both presets):
 - Points: N area-uniform samples of the reference surface (`sample_points_on_mesh`, seed).
 - Fit clock: wall time from the call of `fit_points` (including its set-up), minus the time spent in
   this benchmark's checkpoint evaluations. Before the first measured fit, a warm-up runs 10
-  unmeasured iterations of each preset (--no-warm-up skips it): a process's first fit pays torch's
+  unmeasured iterations of each preset on the first shape (--no-warm-up skips it): a process's first fit pays torch's
   one-off start-up, about 1 s, which a long-lived Slicer or browser session pays once. Threads:
   fast 1 (`torch.set_num_threads(1)`, as the preset), paper torch's default, every core (its 6x256
   network runs ~1.8x faster on 2 cores than on 1).
@@ -537,14 +537,14 @@ def _load_average():
         return None
 
 
-def warm_up(settings: Settings) -> float:
-    """Run WARM_UP_ITERATIONS of each preset on 100 points of the AAA phantom, unmeasured; return the seconds.
+def warm_up(settings: Settings, mesh) -> float:
+    """Run WARM_UP_ITERATIONS of each preset on 100 points of `mesh`, unmeasured; return the seconds.
 
     A process's first fit pays torch's one-off start-up (the first optimizer imports torch._dynamo,
     about 1 s here), which a long-lived Slicer or browser session pays once. Without a warm-up, the
     first measured fit (in --quick, the only fast one) would carry it and the paper/fast ratio with it."""
     started = time.perf_counter()
-    points = sample_points_on_mesh(phantoms.aaa_lumen().mesh(), 100, seed=0)
+    points = sample_points_on_mesh(mesh, 100, seed=0)
     for name in settings.presets:
         config = preset(name, max_iterations=WARM_UP_ITERATIONS, min_iterations=WARM_UP_ITERATIONS,
                         threads=fit_config(name, 0, settings).threads)
@@ -567,7 +567,7 @@ def run_benchmark(settings: Settings, data_dir: Path, output_dir: Path, command:
     shapes = load_shapes(settings.shapes, data_dir, log)
     if not shapes:
         raise SystemExit("no shape to benchmark")
-    warm_up_s = warm_up(settings) if settings.warm_up else None
+    warm_up_s = warm_up(settings, shapes[0].mesh) if settings.warm_up else None
     if warm_up_s is not None:
         log(f"warm-up: {WARM_UP_ITERATIONS} iterations of {', '.join(settings.presets)} in {warm_up_s:.1f} s")
     runs, shape_info = [], []
