@@ -4,18 +4,18 @@ loss = mean |f(x_i)| + λ · E[(‖∇f(x)‖ − 1)²]   (Gropp et al. 2020; λ
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Union
 
 import numpy as np
 import torch
 
+from .cpu_threads import AUTO, ThreadChooser, torch_threads
 from .errors import FitCancelled, InputError
 from .far_field import FarFieldPrior
 from .network import SDFNetwork
@@ -70,7 +70,9 @@ class FitConfig:
     patience: int = 6  # checks without a 1% gain in the windowed loss before stopping
     early_stop: bool = True
     time_limit_s: Optional[float] = None
-    threads: Optional[int] = 1  # torch CPU threads during the fit; None leaves torch's setting
+    # torch CPU threads during the fit: a count; "auto" keeps timing short blocks of steps on 1, 2, 4 ...
+    # threads and runs the others on the faster (cpu_threads.py); None leaves torch's setting
+    threads: Union[int, str, None] = AUTO
     seed: int = 0
 
     def network_config(self, outputs: int = 1) -> dict:
@@ -124,6 +126,7 @@ class FitResult:
     warm_started: bool = False
     loss_history: List[tuple] = field(default_factory=list)
     prior: dict = field(default_factory=dict)
+    threads: dict = field(default_factory=dict)  # ThreadChooser.report(): the threads the steps ran on
 
     def report(self) -> dict:
         return {
@@ -136,6 +139,7 @@ class FitResult:
             "mean_abs_sdf_at_points_mm": round(self.mean_abs_sdf_at_points_mm, 4),
             "scale_mm_per_unit": self.sdf.normalization.scale_mm,
             **self.prior,
+            **self.threads,
             "config": asdict(self.config),
         }
 
@@ -149,20 +153,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name not in ("cpu", "cuda"):
         raise InputError(f"unknown device {name!r}; choose auto, cpu or cuda")
     return torch.device(name)
-
-
-@contextlib.contextmanager
-def torch_threads(count: Optional[int]):
-    """Run with `count` CPU threads (1 is fastest for small networks on few cores), then restore."""
-    if count is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def sdf_and_gradient(network: SDFNetwork, x: torch.Tensor):
@@ -261,9 +251,10 @@ def _optimise(points_mm, config, normalization, network, device, progress, progr
         points = points_net if index is None else points_net[index]
         return training_loss(network, points, eikonal_samples, config, far_field, far_samples, far_excess)
 
+    threads = ThreadChooser(config.threads, device)
     iteration, stopped_because, history = run_adam(
         network, loss_step, config, learning_rate, start, progress, progress_every, cancel_event,
-        snapshot=lambda: _neural_sdf(copy.deepcopy(network), normalization, points_mm, far_field))
+        snapshot=lambda: _neural_sdf(copy.deepcopy(network), normalization, points_mm, far_field), threads=threads)
     network.eval()
     prior = dict(plan)
     if far_field is not None:
@@ -283,7 +274,7 @@ def _optimise(points_mm, config, normalization, network, device, progress, progr
     return FitResult(sdf=sdf, config=config, points_mm=points_mm, iterations=iteration,
                      fit_seconds=time.perf_counter() - start, stopped_because=stopped_because,
                      device=str(device), mean_abs_sdf_at_points_mm=mean_abs, loss_history=history,
-                     prior=prior)
+                     prior=prior, threads=threads.report())
 
 
 def samples_per_step(config: FitConfig, point_count: int, fraction: float = 1.0):
@@ -309,11 +300,14 @@ def planned_iterations(points_mm: np.ndarray, max_radius_mm: float, config: FitC
 
 def run_adam(model: torch.nn.Module, loss_step: Callable[[int], torch.Tensor], config: FitConfig,
              learning_rate: float, start: float, progress=None, progress_every: int = 50,
-             cancel_event: Optional[threading.Event] = None, snapshot: Optional[Callable[[], NeuralSDF]] = None):
+             cancel_event: Optional[threading.Event] = None, snapshot: Optional[Callable[[], NeuralSDF]] = None,
+             threads: Optional[ThreadChooser] = None):
     """Adam on `loss_step(iteration)` (from 1) with the configured schedule and the tool's own stopping
     rule: stop when the loss, averaged over `check_every` steps, has not gained 1% for `patience`
     checks (then the best weights are restored), at `max_iterations`, or past `time_limit_s` since `start`.
-    Returns (iterations, stopped_because, loss history). Raises FitCancelled."""
+    `threads` sets the CPU threads of each step. Returns (iterations, stopped_because, loss history).
+    Raises FitCancelled."""
+    threads = threads or ThreadChooser(None, "cpu")
     optimizer = _adam(model, learning_rate)
     schedule = _lr_schedule(config)
     best_loss, best_state, stalled = math.inf, None, 0
@@ -325,10 +319,12 @@ def run_adam(model: torch.nn.Module, loss_step: Callable[[int], torch.Tensor], c
             raise FitCancelled("the fit was cancelled")
         for group in optimizer.param_groups:
             group["lr"] = learning_rate * schedule(iteration - 1)
+        threads.before_step(iteration)
         optimizer.zero_grad(set_to_none=True)
         loss = loss_step(iteration)
         loss.backward()
         optimizer.step()
+        threads.after_step(iteration)
         window.append(float(loss.detach()))
         if progress is not None and iteration % progress_every == 0:
             progress(FitProgress(iteration, config.max_iterations, window[-1], time.perf_counter() - start,
@@ -348,6 +344,7 @@ def run_adam(model: torch.nn.Module, loss_step: Callable[[int], torch.Tensor], c
         if config.time_limit_s is not None and time.perf_counter() - start > config.time_limit_s:
             stopped_because = "time_limit"
             break
+    threads.finish()
     if best_state is not None and stopped_because == "converged":
         model.load_state_dict(best_state)
     return iteration, stopped_because, history

@@ -51,8 +51,8 @@ from vtk.util import numpy_support
 
 from .errors import InputError
 from .far_field import FarFieldPrior
-from .fitting import (FitConfig, FitProgress, FitResult, fit_points, preset, resolve_device, run_adam,
-                      torch_threads)
+from .cpu_threads import ThreadChooser, torch_threads
+from .fitting import FitConfig, FitProgress, FitResult, fit_points, preset, resolve_device, run_adam
 from .mesh import compute_normals, is_watertight
 from .network import SDFNetwork
 from .neural_sdf import NeuralSDF
@@ -285,6 +285,7 @@ class NestedResult:
     loss_history: List[tuple] = field(default_factory=list)
     parts: List[FitResult] = field(default_factory=list)
     order_check: dict = field(default_factory=dict)
+    threads: dict = field(default_factory=dict)  # ThreadChooser.report(); "separate" mode: in each part's
 
     @property
     def names(self) -> List[str]:
@@ -302,6 +303,7 @@ class NestedResult:
             "mean_abs_sdf_at_points_mm": {k: round(v, 4) for k, v in self.mean_abs_sdf_at_points_mm.items()},
             "scale_mm_per_unit": self.sdf.normalization.scale_mm,
             **self.prior,
+            **self.threads,
             "order_check": self.order_check,
             "separate_fits": [part.report() for part in self.parts] if self.parts else None,
             "config": asdict(self.config),
@@ -429,10 +431,11 @@ def _fit_one_network(walls, mode, config, normalization, bounds, device, progres
         far_field = FarFieldPrior.build(normalization.to_net(walls[names[-1]]), normalization.scale_mm,
                                         config.max_radius_mm, np.random.default_rng(config.seed), device, dtype)
     far_count = getattr(config, "far_field_samples", config.uniform_samples)
+    threads = ThreadChooser(config.threads, device)
     iteration, stopped_because, history = run_adam(
         model, lambda iteration: _nested_loss(model, all_points, slices, sampler, config, far_field, far_outputs,
                                               far_count, generator),
-        config, config.learning_rate, start, progress, progress_every, cancel_event)
+        config, config.learning_rate, start, progress, progress_every, cancel_event, threads=threads)
     model = model.eval()
     network = model.to_plain() if isinstance(model, NestedNetwork) else model
     sdf = NeuralSDF(network.eval(), normalization, bounds, names)
@@ -440,7 +443,8 @@ def _fit_one_network(walls, mode, config, normalization, bounds, device, progres
     return NestedResult(sdf=sdf, mode=mode, config=config, points_mm=dict(walls), iterations=iteration,
                         fit_seconds=time.perf_counter() - start, stopped_because=stopped_because,
                         device=str(device), mean_abs_sdf_at_points_mm=residuals,
-                        prior=far_field.report() if far_field is not None else {}, loss_history=history)
+                        prior=far_field.report() if far_field is not None else {}, loss_history=history,
+                        threads=threads.report())
 
 
 def _nested_loss(model, points, slices, sampler, config, far_field, far_outputs, far_count, generator):

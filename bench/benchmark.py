@@ -20,8 +20,9 @@ What is measured, per shape, N and seed (the same points for both presets):
   this benchmark's checkpoint evaluations. Before the first measured fit, a warm-up runs 10
   unmeasured iterations of each preset on the first shape (--no-warm-up skips it): a process's first fit pays torch's
   one-off start-up, about 1 s, which a long-lived Slicer or browser session pays once. Threads:
-  fast 1 (`torch.set_num_threads(1)`, as the preset), paper torch's default, every core (its 6x256
-  network runs ~1.8x faster on 2 cores than on 1).
+  fast as the preset ("auto": each fit keeps timing short blocks of its steps on 1 and 2 threads and
+  runs the rest on the faster; the per-fit table gives the count most steps ran on), paper torch's
+  default, every core (its 6x256 network runs ~1.8x faster on 2 cores than on 1).
 - Checkpoints: every 50 iterations the progress callback copies the network's current weights and
   evaluates Dice on a fixed grid (the reference's bounding box grown by 5% of its longest side,
   about 100,000 voxels): voxel centres where the network's SDF < 0 against the reference occupancy
@@ -53,7 +54,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -63,6 +64,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from VascularINRLib import metrics, phantoms  # noqa: E402
+from VascularINRLib.cli import thread_count  # noqa: E402
 from VascularINRLib.fitting import PRESETS, fit_points, preset  # noqa: E402
 from VascularINRLib.mesh import read_mesh, sample_points_on_mesh  # noqa: E402
 from VascularINRLib.neural_sdf import NeuralSDF  # noqa: E402
@@ -106,7 +108,7 @@ class Settings:
     distance_samples: int = 20000
     target_dice: float = TARGET_DICE
     device: str = "cpu"
-    threads: int = 1  # fast's torch threads: its small network is fastest on one
+    threads: Union[int, str, None] = None  # fast's torch threads; None: the preset's own ("auto": timed per fit)
     paper_threads: Optional[int] = None  # None: torch's default (every core), the paper network's fastest
     warm_up: bool = True  # a few iterations of each preset first: the measured fits find torch started
 
@@ -222,12 +224,12 @@ def _bounds(points: np.ndarray) -> np.ndarray:
 def fit_config(name: str, seed: int, settings: Settings):
     cap = settings.paper_iterations if name == "paper" else settings.fast_iterations
     minimum = None if cap is None else min(PRESETS[name].min_iterations, cap)
-    threads = settings.paper_threads if name == "paper" else settings.threads
+    threads = (settings.paper_threads or DEFAULT_THREADS) if name == "paper" else settings.threads
     batch = settings.fast_points_per_step if name == "fast" else None
     light = settings.fast_light_iterations if name == "fast" else None
     plan = settings.fast_iterations_per_elongation_squared if name == "fast" else None
     schedule = settings.fast_lr_schedule if name == "fast" else None
-    return preset(name, max_iterations=cap, min_iterations=minimum, seed=seed, threads=threads or DEFAULT_THREADS,
+    return preset(name, max_iterations=cap, min_iterations=minimum, seed=seed, threads=threads,
                   points_per_step=batch, light_iterations=light, iterations_per_elongation_squared=plan,
                   lr_schedule=schedule)
 
@@ -294,6 +296,8 @@ def run_fit(shape: Shape, grid: ReferenceGrid, points: np.ndarray, name: str, se
         "points": int(len(points)),
         "seed": int(seed), "iteration_cap": int(config.max_iterations), "early_stop": bool(config.early_stop),
         "iterations": int(result.iterations), "stopped_because": result.stopped_because,
+        "threads": result.threads.get("threads"), "steps_by_threads": result.threads.get("steps_by_threads"),
+        "step_ms_by_threads": result.threads.get("step_ms_by_threads"),
         "fit_s": fit_s, "fit_cpu_s": fit_cpu_s, "checkpoint_evaluation_s": checkpoints.evaluation_s,
         "iterations_per_s": rate,
         "time_to_target_s": None if reached is None else reached[1],
@@ -330,7 +334,8 @@ def run_columns(settings: Settings):
     p, e = settings.preview_resolution, settings.export_resolution
     return [("preset", "preset_label", None), ("shape", "shape_label", None), ("N", "points", None),
             ("seed", "seed", None), ("iterations", "iterations", None), ("stop", "stopped_because", None),
-            ("fit s", "fit_s", 1), ("fit CPU s", "fit_cpu_s", 1), ("it/s", "iterations_per_s", 1),
+            ("threads", "threads", None), ("fit s", "fit_s", 1), ("fit CPU s", "fit_cpu_s", 1),
+            ("it/s", "iterations_per_s", 1),
             (f"t→{settings.target_dice:g} s", "time_to_target_s", 1),
             (f"it→{settings.target_dice:g}", "iterations_to_target", None),
             (f"t→{settings.target_dice:g} held s", "time_to_target_held_s", 1),
@@ -431,6 +436,11 @@ def _loads(values) -> str:
     return "unknown" if not values else "/".join(f"{v:.2f}" for v in values)
 
 
+def _fast_threads(settings: Settings) -> str:
+    threads = settings.threads or PRESETS["fast"].threads
+    return f"{threads} thread(s)" if isinstance(threads, int) else f"threads chosen per fit ({threads})"
+
+
 def report_text(result: dict) -> str:
     settings = Settings(**result["settings"])
     machine = result["machine"]
@@ -443,7 +453,7 @@ def report_text(result: dict) -> str:
     lines = [
         f"VascularINR benchmark ({settings.mode}): `{result['command']}`",
         f"Machine: {machine['device']} ({machine['processor']}, {machine['cpu_count']} core(s) seen), "
-        f"torch {machine['torch']}, fast on {settings.threads} thread(s), paper on "
+        f"torch {machine['torch']}, fast on {_fast_threads(settings)}, paper on "
         f"{settings.paper_threads or machine.get('default_threads', '?')}; load average (1/5/15 min) "
         f"{_loads(machine['load_average_start'])} at the start and {_loads(machine['load_average_end'])} at the end; "
         f"{result['wall_s']:.0f} s in all ({result['cpu_s']:.0f} s of CPU time).",
@@ -558,7 +568,8 @@ def run_benchmark(settings: Settings, data_dir: Path, output_dir: Path, command:
                   log: Callable[[str], None] = lambda text: print(text, file=sys.stderr, flush=True)) -> dict:
     """Run every fit, write benchmark.json / .md / .png under output_dir and return the result."""
     started, started_cpu = time.perf_counter(), time.process_time()
-    torch.set_num_threads(settings.threads)
+    if isinstance(settings.threads, int):
+        torch.set_num_threads(settings.threads)
     machine = {"device": "CUDA GPU" if settings.device != "cpu" and torch.cuda.is_available() else "CPU, no GPU",
                "default_threads": DEFAULT_THREADS,
                "platform": platform.platform(), "processor": _cpu_model(),
@@ -626,6 +637,8 @@ def parse_args(argv=None):
     tuning.add_argument("--presets", nargs="+", choices=list(PRESETS))
     tuning.add_argument("--paper-iterations", type=int)
     tuning.add_argument("--paper-threads", type=int, help="torch threads of the paper preset (default: every core)")
+    tuning.add_argument("--fast-threads", type=thread_count, dest="threads", metavar="N|auto",
+                        help="torch threads of the fast preset (default: its own, auto)")
     tuning.add_argument("--fast-iterations", type=int,
                         help="cap the fast preset (default: its own planned count, 400-2000)")
     tuning.add_argument("--fast-points-per-step", type=int,
@@ -655,7 +668,8 @@ def parse_args(argv=None):
 
 def settings_from_args(args) -> Settings:
     settings = Settings(**QUICK) if args.quick else Settings()
-    for name in ("shapes", "points", "seeds", "presets", "paper_iterations", "paper_threads", "fast_iterations",
+    for name in ("shapes", "points", "seeds", "presets", "paper_iterations", "paper_threads", "threads",
+                 "fast_iterations",
                  "fast_points_per_step", "fast_light_iterations", "fast_iterations_per_elongation_squared",
                  "fast_lr_schedule",
                  "paper_surface", "checkpoint_every", "grid_voxels", "preview_resolution", "export_resolution",

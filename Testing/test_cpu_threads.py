@@ -1,0 +1,121 @@
+"""CPU threads of a fit: a fixed count, or "auto", which times the fit's first steps on each candidate."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from VascularINRLib import cpu_threads, phantoms
+from VascularINRLib.cpu_threads import (BLOCK_STEPS, PERIOD_STEPS, ThreadChooser, candidate_counts, check_threads,
+                                        torch_threads, usable_cores)
+from VascularINRLib.errors import InputError
+from VascularINRLib.fitting import fit_points, preset, run_adam, training_loss
+from VascularINRLib.mesh import sample_points_on_mesh
+from VascularINRLib.network import SDFNetwork
+
+
+@pytest.fixture(scope="module")
+def ball_points():
+    return sample_points_on_mesh(phantoms.sphere(20.0).mesh(voxel_mm=1.0), 150, seed=0)
+
+
+@pytest.fixture
+def restored_threads():
+    previous = torch.get_num_threads()
+    yield previous
+    torch.set_num_threads(previous)
+
+
+def test_candidates_double_up_to_the_usable_cores():
+    assert candidate_counts(1) == [1]
+    assert candidate_counts(2) == [1, 2]
+    assert candidate_counts(6) == [1, 2, 4]
+    assert candidate_counts(64) == [1, 2, 4, 8]
+    assert candidate_counts() == candidate_counts(usable_cores())
+
+
+def test_auto_duels_the_current_count_with_a_challenger_each_period(restored_threads, monkeypatch):
+    """A real run_adam on a real network: the thread count of every step follows the timings."""
+    monkeypatch.setattr(cpu_threads, "_last_choice", {})
+    chooser = ThreadChooser("auto", torch.device("cpu"), candidates=[1, 2])
+    network = SDFNetwork(depth=2, width=16)
+    generator = torch.Generator().manual_seed(0)
+    points = torch.rand(64, 3, generator=generator) - 0.5
+    periods = 3
+    config = preset("fast", max_iterations=periods * PERIOD_STEPS, early_stop=False, far_field=False)
+    seen = []
+
+    def loss_step(iteration):
+        seen.append(torch.get_num_threads())
+        samples = torch.rand(128, 3, generator=generator) * 2 - 1
+        return training_loss(network, points, samples, config)
+
+    run_adam(network, loss_step, config, 1e-3, 0.0, threads=chooser)
+    assert seen[0] == 2  # the first fit starts on the most threads
+    for period in range(periods):
+        steps = seen[period * PERIOD_STEPS:(period + 1) * PERIOD_STEPS]
+        current, challenger = steps[0], steps[BLOCK_STEPS]
+        assert steps[:BLOCK_STEPS] == [current] * BLOCK_STEPS
+        assert steps[BLOCK_STEPS:2 * BLOCK_STEPS] == [challenger] * BLOCK_STEPS and challenger != current
+        timed = {count: chooser.step_seconds[count][period] for count in (1, 2)}
+        winner = min(timed, key=timed.get)
+        assert set(steps[2 * BLOCK_STEPS:]) == {winner}
+        if period + 1 < periods:
+            assert seen[(period + 1) * PERIOD_STEPS] == winner
+    report = chooser.report()
+    assert sum(report["steps_by_threads"].values()) == len(seen) == periods * PERIOD_STEPS
+    assert report["steps_by_threads"] == {str(count): seen.count(count) for count in (1, 2)}
+    assert report["threads"] == max((1, 2), key=seen.count)
+    assert set(report["step_ms_by_threads"]) == {"1", "2"}
+    # the next fit in this process starts where this one ended
+    assert ThreadChooser("auto", torch.device("cpu"), candidates=[1, 2]).current == winner
+
+
+def test_a_fit_reports_its_threads_and_restores_torchs_count(ball_points, restored_threads):
+    torch.set_num_threads(1)
+    auto = fit_points(ball_points, preset("fast", max_iterations=120), device="cpu")
+    assert torch.get_num_threads() == 1
+    report = auto.report()
+    assert report["config"]["threads"] == "auto" and report["threads"] in candidate_counts()
+    assert sum(report["steps_by_threads"].values()) == 120
+    if len(candidate_counts()) > 1:
+        timed = report["step_ms_by_threads"]
+        assert len(timed) >= 2 and set(timed) <= {str(count) for count in candidate_counts()}
+    fixed = fit_points(ball_points, preset("fast", max_iterations=30, threads=2), device="cpu")
+    assert fixed.report()["steps_by_threads"] == {"2": 30} and "step_ms_by_threads" not in fixed.report()
+    assert torch.get_num_threads() == 1
+    # the threads do not change the fit: the same surface on any count (same seed, same samples)
+    one = fit_points(ball_points, preset("fast", max_iterations=30, threads=1), device="cpu")
+    grid = torch.rand(500, 3, generator=torch.Generator().manual_seed(1)).numpy() * 40 - 20
+    assert abs(one.sdf.sdf(grid) - fixed.sdf.sdf(grid)).max() < 1e-3
+
+
+@pytest.mark.parametrize("threads", [0, -2, 1.5, "two", True])
+def test_a_bad_thread_count_is_an_input_error(threads, ball_points):
+    with pytest.raises(InputError, match="threads must be a positive number or 'auto'"):
+        check_threads(threads)
+    with pytest.raises(InputError, match="threads"):
+        fit_points(ball_points, preset("fast", max_iterations=5, threads=threads), device="cpu")
+
+
+def test_torch_threads_restores_the_count_after_an_error(restored_threads):
+    torch.set_num_threads(1)
+    with pytest.raises(RuntimeError):
+        with torch_threads(2):
+            assert torch.get_num_threads() == 2
+            raise RuntimeError("inside the fit")
+    assert torch.get_num_threads() == 1
+
+
+def test_the_cli_takes_a_count_or_auto_and_names_a_bad_one(tmp_path):
+    from VascularINRLib.cli import build_parser
+
+    fit = ["fit", "in.csv", "-o", "out.stl", "--threads"]
+    assert build_parser().parse_args(fit + ["auto"]).threads == "auto"
+    assert build_parser().parse_args(fit + ["3"]).threads == 3
+    completed = subprocess.run([sys.executable, "-m", "VascularINRLib.cli", "fit", str(tmp_path / "in.csv"), "-o",
+                                str(tmp_path / "out.stl"), "--threads", "none"], capture_output=True, text=True,
+                               timeout=120)
+    assert completed.returncode == 2
+    assert "expected a positive number of threads or auto, got 'none'" in completed.stderr
+    assert not list(tmp_path.iterdir())
