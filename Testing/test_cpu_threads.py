@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from VascularINRLib import cpu_threads, phantoms
-from VascularINRLib.cpu_threads import (BLOCK_STEPS, PERIOD_STEPS, ThreadChooser, candidate_counts, check_threads,
-                                        torch_threads, usable_cores)
+from VascularINRLib.cpu_threads import (BLOCK_STEPS, CLEAR_LOSS, PERIOD_STEPS, ThreadChooser, candidate_counts,
+                                        check_threads, torch_threads, usable_cores)
 from VascularINRLib.errors import InputError
 from VascularINRLib.fitting import fit_points, preset, run_adam, training_loss
 from VascularINRLib.mesh import sample_points_on_mesh
@@ -34,14 +34,11 @@ def test_candidates_double_up_to_the_usable_cores():
     assert candidate_counts() == candidate_counts(usable_cores())
 
 
-def test_auto_duels_the_current_count_with_a_challenger_each_period(restored_threads, monkeypatch):
-    """A real run_adam on a real network: the thread count of every step follows the timings."""
-    monkeypatch.setattr(cpu_threads, "_last_choice", {})
-    chooser = ThreadChooser("auto", torch.device("cpu"), candidates=[1, 2])
+def _run_auto(chooser, periods):
+    """A real run_adam on a real network; the thread count each step ran on."""
     network = SDFNetwork(depth=2, width=16)
     generator = torch.Generator().manual_seed(0)
     points = torch.rand(64, 3, generator=generator) - 0.5
-    periods = 3
     config = preset("fast", max_iterations=periods * PERIOD_STEPS, early_stop=False, far_field=False)
     seen = []
 
@@ -51,24 +48,58 @@ def test_auto_duels_the_current_count_with_a_challenger_each_period(restored_thr
         return training_loss(network, points, samples, config)
 
     run_adam(network, loss_step, config, 1e-3, 0.0, threads=chooser)
-    assert seen[0] == 2  # the first fit starts on the most threads
+    return seen
+
+
+def test_auto_duels_the_current_count_with_a_challenger_and_runs_the_rest_on_the_winner(restored_threads,
+                                                                                      monkeypatch):
+    monkeypatch.setattr(cpu_threads, "_memory", {})
+    chooser = ThreadChooser("auto", torch.device("cpu"), candidates=[1, 2])
+    periods = 6
+    seen = _run_auto(chooser, periods)
+    duels = {duel["period"]: duel for duel in chooser.duels}
+    current = 2  # the first fit starts on the most threads
     for period in range(periods):
         steps = seen[period * PERIOD_STEPS:(period + 1) * PERIOD_STEPS]
-        current, challenger = steps[0], steps[BLOCK_STEPS]
-        assert steps[:BLOCK_STEPS] == [current] * BLOCK_STEPS
-        assert steps[BLOCK_STEPS:2 * BLOCK_STEPS] == [challenger] * BLOCK_STEPS and challenger != current
-        timed = {count: chooser.step_seconds[count][period] for count in (1, 2)}
-        winner = min(timed, key=timed.get)
-        assert set(steps[2 * BLOCK_STEPS:]) == {winner}
-        if period + 1 < periods:
-            assert seen[(period + 1) * PERIOD_STEPS] == winner
+        duel = duels.get(period)
+        if duel is None:  # the only challenger sits out: it lost the last duel clearly
+            last = duels[max(p for p in duels if p < period)]
+            assert last["winner"] == last["current"] and last["challenger_s"] > CLEAR_LOSS * last["current_s"]
+            assert set(steps) == {current}
+            continue
+        assert duel["current"] == current and steps[:BLOCK_STEPS] == [current] * BLOCK_STEPS
+        assert steps[BLOCK_STEPS:2 * BLOCK_STEPS] == [duel["challenger"]] * BLOCK_STEPS != steps[:BLOCK_STEPS]
+        faster = duel["challenger"] if duel["challenger_s"] < duel["current_s"] else current
+        assert duel["winner"] == faster and set(steps[2 * BLOCK_STEPS:]) == {faster}
+        current = faster
     report = chooser.report()
     assert sum(report["steps_by_threads"].values()) == len(seen) == periods * PERIOD_STEPS
     assert report["steps_by_threads"] == {str(count): seen.count(count) for count in (1, 2)}
     assert report["threads"] == max((1, 2), key=seen.count)
     assert set(report["step_ms_by_threads"]) == {"1", "2"}
-    # the next fit in this process starts where this one ended
-    assert ThreadChooser("auto", torch.device("cpu"), candidates=[1, 2]).current == winner
+    # the next fit in this process starts where this one left off
+    assert ThreadChooser("auto", torch.device("cpu"), candidates=[1, 2]).current == current
+
+
+def test_a_challenger_that_keeps_losing_clearly_sits_out_longer_until_it_wins(restored_threads, monkeypatch):
+    """Steps timed on a scripted clock: 2 threads take 3 units a step, 1 thread 1 unit, then the reverse.
+    The loser sits out 1, 3, then 7 periods; its win makes it the current count and clears its record."""
+    monkeypatch.setattr(cpu_threads, "_memory", {})
+    now = [0.0]
+    chooser = ThreadChooser("auto", torch.device("cpu"), candidates=[1, 2], clock=lambda: now[0])
+    cost = {1: 1.0, 2: 3.0}
+    for iteration in range(1, 16 * PERIOD_STEPS + 1):
+        if iteration == 14 * PERIOD_STEPS + 1:
+            cost = {1: 3.0, 2: 1.0}
+        chooser.before_step(iteration)
+        now[0] += cost[torch.get_num_threads()]
+        chooser.after_step(iteration)
+    assert [(duel["period"], duel["challenger"], duel["winner"]) for duel in chooser.duels] == [
+        (0, 1, 1), (1, 2, 1), (3, 2, 1), (7, 2, 1), (15, 2, 2)]
+    assert chooser.current == 2 and chooser.losses == {}
+    # on 2 threads: period 0's first block, 4 duels as the challenger, the rest of the last period
+    on_two = BLOCK_STEPS + 4 * BLOCK_STEPS + (PERIOD_STEPS - 2 * BLOCK_STEPS)
+    assert chooser.steps_by_threads == {1: 16 * PERIOD_STEPS - on_two, 2: on_two}
 
 
 def test_a_fit_reports_its_threads_and_restores_torchs_count(ball_points, restored_threads):

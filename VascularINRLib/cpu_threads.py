@@ -11,7 +11,7 @@ import contextlib
 import os
 import statistics
 import time
-from typing import Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Union
 
 import torch
 
@@ -22,8 +22,10 @@ MAX_CANDIDATE = 8
 BLOCK_STEPS = 8  # steps on one count; the first settles (threads wake up), the others are timed
 PERIOD_STEPS = 96  # each period: a block on the current count, one on a challenger, the rest on the faster
 TIMED_STEPS = BLOCK_STEPS - 1
+CLEAR_LOSS = 1.1  # a challenger this much slower than the current count lost clearly...
+MAX_BACKOFF = 3  # ...and sits out 1, 3, 7 periods after 1, 2, 3 (or more) clear losses in a row
 
-_last_choice: Dict[tuple, int] = {}  # candidates -> the count this process's last fit ended on
+_memory: Dict[tuple, dict] = {}  # candidates -> where this process's last fit left the choice
 
 Threads = Union[int, str, None]
 
@@ -74,62 +76,90 @@ class ThreadChooser:
     """Sets the thread count before each step of a fit. With "auto" on a CPU, the steps run in periods
     of PERIOD_STEPS: a block of BLOCK_STEPS on the current count, one on a challenger (the other
     candidates in turn), then the rest of the period on whichever of the two ran faster. A machine
-    whose load changes during a fit is followed within a period. The first fit starts on the most
-    threads, later fits in this process on the count the last one ended on."""
+    whose load changes during a fit is followed within a period; a challenger that keeps losing
+    clearly is tried less often (every 2, 4, 8 periods). The first fit starts on the most threads,
+    later fits in this process where the last one left off."""
 
-    def __init__(self, threads: Threads, device: torch.device, candidates: Optional[List[int]] = None):
+    def __init__(self, threads: Threads, device: torch.device, candidates: Optional[List[int]] = None,
+                 clock: Callable[[], float] = time.perf_counter):
         threads = check_threads(threads)
+        self.clock = clock
         self.candidates = candidate_counts() if candidates is None else list(candidates)
         self.auto = threads == AUTO and torch.device(device).type == "cpu" and len(self.candidates) > 1
-        self.current = _last_choice.get(tuple(self.candidates), self.candidates[-1])
+        memory = _memory.get(tuple(self.candidates), {})
+        self.current = memory.get("current", self.candidates[-1])
+        self.losses: Dict[int, int] = dict(memory.get("losses", {}))  # clear losses in a row per challenger
+        self.sitting_out: Dict[int, int] = dict(memory.get("sitting_out", {}))  # periods left per challenger
         self.step_seconds: Dict[int, List[float]] = {count: [] for count in self.candidates}
         self.steps_by_threads: Dict[int, int] = {}
-        self._period_times: Dict[int, float] = {}
-        self._block_started = 0.0
+        self.duels: List[dict] = []  # per duel: period, current, challenger, seconds per step of each, winner
+        self._turn = 0
+        self._challenger: Optional[int] = None
+        self._block_started = self._current_per_step = 0.0
 
-    def _block(self, iteration: int):
-        """(block in the period: 0 current, 1 challenger, None the rest; step in the block)."""
+    def _position(self, iteration: int):
+        """(period, block in the period: 0 current, 1 challenger, None the rest; step in the block)."""
         step = (iteration - 1) % PERIOD_STEPS
         block = step // BLOCK_STEPS
-        return (block if block < 2 else None), step % BLOCK_STEPS
+        return (iteration - 1) // PERIOD_STEPS, (block if block < 2 else None), step % BLOCK_STEPS
 
-    def _challenger(self, iteration: int) -> int:
-        """The period's challenger: the candidates other than the current one, in turn."""
-        period = (iteration - 1) // PERIOD_STEPS
+    def _start_period(self) -> None:
+        """Pick this period's challenger: the next candidate in turn that is not sitting out, if any."""
         others = [count for count in self.candidates if count != self.current]
-        return others[period % len(others)]
+        self._challenger = None
+        for offset in range(len(others)):
+            count = others[(self._turn + offset) % len(others)]
+            if self.sitting_out.get(count, 0) == 0:
+                self._challenger, self._turn = count, self._turn + offset + 1
+                break
+        for count in others:
+            if count != self._challenger and self.sitting_out.get(count, 0) > 0:
+                self.sitting_out[count] -= 1
 
     def before_step(self, iteration: int) -> None:
         if not self.auto:
             return
-        block, step = self._block(iteration)
-        count = self.current if block != 1 else self._challenger(iteration)
-        if step == 0 or block is None:
-            if torch.get_num_threads() != count:
-                torch.set_num_threads(count)
-        if block is not None and step == 1:
-            self._block_started = time.perf_counter()
+        _, block, step = self._position(iteration)
+        if block == 0 and step == 0:
+            self._start_period()
+        dueling = self._challenger is not None and block is not None
+        count = self._challenger if dueling and block == 1 else self.current
+        if torch.get_num_threads() != count:
+            torch.set_num_threads(count)
+        if dueling and step == 1:
+            self._block_started = self.clock()
 
     def after_step(self, iteration: int) -> None:
         count = torch.get_num_threads()
         self.steps_by_threads[count] = self.steps_by_threads.get(count, 0) + 1
-        if not self.auto:
+        if not self.auto or self._challenger is None:
             return
-        block, step = self._block(iteration)
+        period, block, step = self._position(iteration)
         if block is None or step != BLOCK_STEPS - 1:
             return
-        per_step = (time.perf_counter() - self._block_started) / TIMED_STEPS
+        per_step = (self.clock() - self._block_started) / TIMED_STEPS
         self.step_seconds[count].append(per_step)
-        self._period_times[block] = per_step
-        if block == 1:
-            challenger = self._challenger(iteration)
-            if self._period_times[1] < self._period_times[0]:
-                self.current = challenger
-            self._period_times = {}
+        if block == 0:
+            self._current_per_step = per_step
+            return
+        challenger, current = self._challenger, self._current_per_step
+        self.duels.append({"period": period, "current": self.current, "challenger": challenger,
+                           "current_s": current, "challenger_s": per_step,
+                           "winner": challenger if per_step < current else self.current})
+        if per_step < current:
+            self.losses.pop(challenger, None)
+            self.losses.pop(self.current, None)
+            self.current = challenger
+        elif per_step > CLEAR_LOSS * current:
+            self.losses[challenger] = self.losses.get(challenger, 0) + 1
+            self.sitting_out[challenger] = 2 ** min(self.losses[challenger], MAX_BACKOFF) - 1
+        else:
+            self.losses.pop(challenger, None)
 
     def finish(self) -> None:
         if self.auto:
-            _last_choice[tuple(self.candidates)] = self.current
+            _memory[tuple(self.candidates)] = {"current": self.current, "losses": dict(self.losses),
+                                               "sitting_out": dict(self.sitting_out)}
 
     def report(self) -> dict:
         """The count most steps ran on, the steps per count, and with "auto" each count's median timed step."""

@@ -52,7 +52,8 @@ def main(argv=None) -> int:
     parser.add_argument("--points", nargs="+", type=int, default=[100, 200, 400, 1000])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--data", type=Path, default=None)
-    parser.add_argument("-o", "--output", type=Path, default=Path(__file__).resolve().parent / "out" / "threads_ab.json")
+    parser.add_argument("-o", "--output", type=Path,
+                        default=Path(__file__).resolve().parent / "out" / "threads_ab.json")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     shapes = load_shapes(args.shapes, args.data or default_data_dir(), lambda text: print(text, file=sys.stderr))
