@@ -102,7 +102,8 @@ def test_a_challenger_that_keeps_losing_clearly_sits_out_longer_until_it_wins(re
     assert chooser.steps_by_threads == {1: 16 * PERIOD_STEPS - on_two, 2: on_two}
 
 
-def test_a_fit_reports_its_threads_and_restores_torchs_count(ball_points, restored_threads):
+def test_a_fit_reports_its_threads_and_restores_torchs_count(ball_points, restored_threads, monkeypatch):
+    monkeypatch.setattr(cpu_threads, "_memory", {})  # no challenger sits out from an earlier fit
     torch.set_num_threads(1)
     auto = fit_points(ball_points, preset("fast", max_iterations=120), device="cpu")
     assert torch.get_num_threads() == 1
