@@ -1,4 +1,4 @@
-"""CPU threads of a fit: a fixed count, or "auto", which times the fit's first steps on each candidate."""
+"""CPU threads of a fit: a fixed count, or "auto", which keeps timing blocks of the fit's steps on two counts."""
 import subprocess
 import sys
 

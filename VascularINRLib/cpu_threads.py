@@ -90,7 +90,6 @@ class ThreadChooser:
         self.current = memory.get("current", self.candidates[-1])
         self.losses: Dict[int, int] = dict(memory.get("losses", {}))  # clear losses in a row per challenger
         self.sitting_out: Dict[int, int] = dict(memory.get("sitting_out", {}))  # periods left per challenger
-        self.step_seconds: Dict[int, List[float]] = {count: [] for count in self.candidates}
         self.steps_by_threads: Dict[int, int] = {}
         self.duels: List[dict] = []  # per duel: period, current, challenger, seconds per step of each, winner
         self._turn = 0
@@ -138,7 +137,6 @@ class ThreadChooser:
         if block is None or step != BLOCK_STEPS - 1:
             return
         per_step = (self.clock() - self._block_started) / TIMED_STEPS
-        self.step_seconds[count].append(per_step)
         if block == 0:
             self._current_per_step = per_step
             return
@@ -166,6 +164,10 @@ class ThreadChooser:
         steps = self.steps_by_threads or {torch.get_num_threads(): 0}
         out = {"threads": max(steps, key=steps.get), "steps_by_threads": {str(k): v for k, v in sorted(steps.items())}}
         if self.auto:
+            timed: Dict[int, List[float]] = {}
+            for duel in self.duels:
+                timed.setdefault(duel["current"], []).append(duel["current_s"])
+                timed.setdefault(duel["challenger"], []).append(duel["challenger_s"])
             out["step_ms_by_threads"] = {str(count): round(1000.0 * statistics.median(seconds), 3)
-                                         for count, seconds in self.step_seconds.items() if seconds}
+                                         for count, seconds in sorted(timed.items())}
         return out
