@@ -194,3 +194,28 @@ def test_the_warm_up_starts_torch_before_the_measured_fits(tiny_run):
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.split() == ["False", "True"]
     assert not benchmark.settings_from_args(benchmark.parse_args(["--no-warm-up"])).warm_up
+
+
+def test_point_noise_moves_the_points_by_sigma_the_same_way_for_a_seed_and_bad_values_exit_2(capsys):
+    settings = benchmark.settings_from_args(benchmark.parse_args(["--point-noise-mm", "0.5"]))
+    assert settings.point_noise_mm == 0.5 and settings.mode == "full with overrides"
+    mesh = benchmark.phantoms.aaa_lumen().mesh()
+    exact = benchmark.benchmark_points(mesh, 2000, 3, 0.0)
+    noisy = benchmark.benchmark_points(mesh, 2000, 3, 0.5)
+    np.testing.assert_array_equal(exact, benchmark.sample_points_on_mesh(mesh, 2000, seed=3))
+    np.testing.assert_array_equal(noisy, benchmark.benchmark_points(mesh, 2000, 3, 0.5))
+    assert np.std(noisy - exact) == pytest.approx(0.5, rel=0.05)
+    assert not np.allclose(noisy, benchmark.benchmark_points(mesh, 2000, 4, 0.5))
+    for bad in ("-0.1", "nan", "inf", "half"):
+        with pytest.raises(SystemExit) as exited:
+            benchmark.parse_args(["--point-noise-mm", bad])
+        assert exited.value.code == 2
+        assert "noise σ in mm" in capsys.readouterr().err
+
+
+def test_the_report_says_whether_the_points_are_noisy(tiny_run):
+    _, printed, out = tiny_run
+    assert "Points: exactly on the reference surface (no noise)." in printed
+    result = json.loads((out / "benchmark.json").read_text())
+    result["settings"]["point_noise_mm"] = 0.5
+    assert "Gaussian noise of σ 0.5 mm" in benchmark.report_text(result)

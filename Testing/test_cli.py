@@ -8,7 +8,7 @@ import pytest
 
 from VascularINRLib import phantoms
 from VascularINRLib.cli import main
-from VascularINRLib.mesh import read_mesh, write_mesh
+from VascularINRLib.mesh import read_mesh, sample_points_on_mesh, write_mesh
 from VascularINRLib.points_io import read_points, write_points
 
 
@@ -120,3 +120,17 @@ def test_demo_writes_its_files(tmp_path, capsys):
         assert name in out
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert report["metrics_vs_phantom"]["dice"] > 0.93
+
+
+def test_a_bad_point_noise_exits_2_and_a_good_one_reaches_the_fit(tmp_path, capsys):
+    points = tmp_path / "points.csv"
+    write_points(sample_points_on_mesh(phantoms.aaa_lumen().mesh(), 150, seed=0), points)
+    out = tmp_path / "s.stl"
+    for value in ("-0.5", "nan", "inf"):
+        assert run("fit", points, "-o", out, "--point-noise", value, "--quiet") == 2
+        error = capsys.readouterr().err
+        assert "--point-noise" in error and len(error.strip().splitlines()) == 1 and not out.exists()
+    report = tmp_path / "r.json"
+    assert run("fit", points, "-o", out, "--json", report, "--point-noise", "0", "--max-iterations", "20",
+               "--resolution", "48", "--quiet") == 0
+    assert json.loads(report.read_text())["config"]["point_noise_mm"] == 0.0

@@ -40,6 +40,32 @@ def test_radius_estimate_follows_the_anatomy():
         assert 0.75 * radius < estimate_max_radius(points) < 1.25 * radius
 
 
+def _noisy(points, sigma, seed):
+    return points + np.random.default_rng(seed).normal(scale=sigma, size=points.shape)
+
+
+def test_the_radius_estimate_tolerates_the_clicks_noise():
+    """1000 points 0.5 mm off the wall (σ): without a tolerance, near neighbours jittered off the
+    tangent plane shrink the inscribed balls to less than half the radius; 2σ keeps it."""
+    points = _noisy(sample_points_on_mesh(phantoms.aaa_lumen().mesh(), 1000, seed=0), 0.5, 0)
+    assert estimate_max_radius(points) < 0.6 * 25.0
+    assert 0.75 * 25.0 < estimate_max_radius(points, noise=0.5) < 1.25 * 25.0
+
+
+def test_with_noisy_clicks_the_prior_asks_next_to_nothing_inside_the_aneurysm_to_be_outside():
+    """The same clicks as a prior: taken as exact, 4% of its samples lie inside the sac, up to 23 mm
+    deep, and over a full fit they carved it out (Dice 0.52); with the clicks' σ, about 1 in 10,000."""
+    aaa = phantoms.aaa_lumen()
+    points = _noisy(sample_points_on_mesh(aaa.mesh(), 1000, seed=1), 0.5, 1)
+    normalization = Normalization.fit(points)
+    inside = {}
+    for noise in (0.0, 0.5):
+        prior = FarFieldPrior.build(normalization.to_net(points), normalization.scale_mm, None,
+                                    np.random.default_rng(0), "cpu", torch.float32, point_noise_mm=noise)
+        inside[noise] = np.mean(aaa.sdf(normalization.to_world(prior.samples.numpy())) < 0)
+    assert inside[0.0] > 0.02 and inside[0.5] < 0.0005, inside
+
+
 def test_thin_branch_from_150_points():
     branch = phantoms.thin_branch()
     points = sample_points_on_mesh(branch.mesh(0.2), 150, seed=2)

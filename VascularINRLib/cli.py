@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import warnings
@@ -79,8 +80,11 @@ def _config_from_args(args):
 
     if args.max_radius is not None and args.max_radius <= 0:
         raise InputError(f"--max-radius must be a positive number of mm, got {args.max_radius}")
+    if args.point_noise is not None and not 0 <= args.point_noise < math.inf:
+        raise InputError(f"--point-noise must be a number of mm, 0 or more, got {args.point_noise}")
     return preset(args.preset, seed=args.seed, max_iterations=args.max_iterations,
                   time_limit_s=args.time_limit, threads=args.threads, max_radius_mm=args.max_radius,
+                  point_noise_mm=args.point_noise,
                   far_field=False if args.no_far_field else None)
 
 
@@ -328,6 +332,9 @@ def _add_fit_options(parser, with_device=True) -> None:
                             "1, 2, 4 ... threads throughout the fit and the others run on the faster)")
     group.add_argument("--max-radius", type=float, metavar="MM",
                        help="largest vessel radius in mm for the far-field prior (default: estimated)")
+    group.add_argument("--point-noise", type=float, metavar="MM",
+                       help="σ of the points' noise in mm, which the radius estimate tolerates (default 0.5, "
+                            "clicks on CT; 0 for points exactly on a surface)")
     group.add_argument("--no-far-field", action="store_true",
                        help="the paper's loss alone, without the far-field sign prior")
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],

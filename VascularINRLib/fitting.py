@@ -66,6 +66,7 @@ class FitConfig:
     far_field_weight: float = 1.0
     far_field_samples: int = 512  # per step; they need f alone, not ∇f, so they are cheap
     max_radius_mm: Optional[float] = None  # largest vessel radius; None: estimated from the points
+    point_noise_mm: float = 0.5  # σ of the points' noise (clicks on CT): the radius estimate tolerates it
     check_every: int = 50
     patience: int = 6  # checks without a 1% gain in the windowed loss before stopping
     early_stop: bool = True
@@ -84,7 +85,7 @@ PRESETS = {
     # Fast: small network, high learning rate with cosine decay, the tool's own stopping rule.
     # A batch of 256 points per step: large point sets cost no more per step than small ones.
     # The first 300 steps take half the samples: they carve the sphere, the full steps refine.
-    "fast": FitConfig(max_iterations=2000, min_iterations=1500, patience=10, iterations_per_elongation_squared=20.0,
+    "fast": FitConfig(max_iterations=2000, min_iterations=1500, patience=10, iterations_per_elongation_squared=24.0,
                       points_per_step=256, light_iterations=300),
     # Faithful to the paper: 6×256, skip into layer 3, Adam lr 1e-4, 25,000 iterations, λ 0.1.
     "paper": FitConfig(depth=6, width=256, skip_layer=3, learning_rate=1e-4, lr_schedule="constant",
@@ -231,7 +232,8 @@ def _optimise(points_mm, config, normalization, network, device, progress, progr
     if config.far_field:
         far_field = FarFieldPrior.build(normalization.to_net(points_mm), normalization.scale_mm,
                                         config.max_radius_mm, np.random.default_rng(config.seed), device, dtype,
-                                        draws=config.max_iterations * config.far_field_samples)
+                                        draws=config.max_iterations * config.far_field_samples,
+                                        point_noise_mm=config.point_noise_mm)
         if config.iterations_per_elongation_squared is not None and not warm:
             config, plan = planned_iterations(points_mm, far_field.max_radius_mm, config)
 

@@ -429,7 +429,8 @@ def _fit_one_network(walls, mode, config, normalization, bounds, device, progres
     far_field = None
     if config.far_field:
         far_field = FarFieldPrior.build(normalization.to_net(walls[names[-1]]), normalization.scale_mm,
-                                        config.max_radius_mm, np.random.default_rng(config.seed), device, dtype)
+                                        config.max_radius_mm, np.random.default_rng(config.seed), device, dtype,
+                                        point_noise_mm=config.point_noise_mm)
     far_count = getattr(config, "far_field_samples", config.uniform_samples)
     threads = ThreadChooser(config.threads, device)
     iteration, stopped_because, history = run_adam(

@@ -15,7 +15,8 @@ preset capped at 1000 iterations (about 2 min, 220 s of CPU time, on 2 quiet cor
 Data folder: --data, else $VASCULAR_INR_DATA, else shared/data beside the repository's folder.
 
 What is measured, per shape, N and seed (the same points for both presets):
-- Points: N area-uniform samples of the reference surface (`sample_points_on_mesh`, seed).
+- Points: N area-uniform samples of the reference surface (`sample_points_on_mesh`, seed), exactly on
+  it unless --point-noise-mm adds Gaussian noise (σ per coordinate, drawn from the seed), as clicks have.
 - Fit clock: wall time from the call of `fit_points` (including its set-up), minus the time spent in
   this benchmark's checkpoint evaluations. Before the first measured fit, a warm-up runs 10
   unmeasured iterations of each preset on the first shape (--no-warm-up skips it): a process's first fit pays torch's
@@ -107,6 +108,7 @@ class Settings:
     dice_voxel_mm: Optional[float] = None  # metrics.compare's Dice grid; None: its default
     distance_samples: int = 20000
     target_dice: float = TARGET_DICE
+    point_noise_mm: float = 0.0  # Gaussian noise σ (mm) on every coordinate of the points, as clicks have
     device: str = "cpu"
     threads: Union[int, str, None] = None  # fast's torch threads; None: the preset's own ("auto": timed per fit)
     paper_threads: Optional[int] = None  # None: torch's default (every core), the paper network's fastest
@@ -215,6 +217,14 @@ class Checkpoints:
 
 # --- one fit -------------------------------------------------------------------------------------------
 
+def benchmark_points(mesh, count: int, seed: int, noise_mm: float) -> np.ndarray:
+    """`count` points on the reference surface, with Gaussian noise of σ `noise_mm` on every coordinate."""
+    points = sample_points_on_mesh(mesh, count, seed=seed)
+    if noise_mm > 0:
+        points = points + np.random.default_rng(20_000 + seed).normal(scale=noise_mm, size=points.shape)
+    return points
+
+
 def _bounds(points: np.ndarray) -> np.ndarray:
     out = np.empty(6)
     out[0::2], out[1::2] = points.min(axis=0), points.max(axis=0)
@@ -252,7 +262,7 @@ def surface_measures(sdf, points: np.ndarray, shape: Shape, seed: int, settings:
 def refit_measures(previous, points: np.ndarray, shape: Shape, grid: ReferenceGrid, seed: int,
                    settings: Settings) -> dict:
     """Add `refit_points` points on the reference, continue from the previous fit, mesh for preview."""
-    extra = sample_points_on_mesh(shape.mesh, settings.refit_points, seed=10_000 + seed)
+    extra = benchmark_points(shape.mesh, settings.refit_points, 10_000 + seed, settings.point_noise_mm)
     points = np.vstack([points, extra])
     config = preset("fast", max_iterations=settings.refit_iterations, warm_start_iterations=settings.refit_iterations,
                     early_stop=False, seed=seed, threads=settings.threads,  # None: the preset's warm schedule
@@ -474,6 +484,8 @@ def report_text(result: dict) -> str:
         f"(metrics.compare); refit: +{settings.refit_points} points, warm start, "
         f"{settings.refit_iterations or PRESETS['fast'].warm_start_iterations} iterations, "
         f"then {settings.preview_resolution}³ extraction.",
+        (f"Points: on the reference surface, with Gaussian noise of σ {settings.point_noise_mm:g} mm on every "
+         f"coordinate." if settings.point_noise_mm > 0 else "Points: exactly on the reference surface (no noise)."),
         "",
         "Per fit:",
         "",
@@ -592,7 +604,7 @@ def run_benchmark(settings: Settings, data_dir: Path, output_dir: Path, command:
         log(f"{shape.label}: reference grid {grid.describe()} in {time.perf_counter() - grid_started:.1f} s")
         for count in settings.points:
             for seed in settings.seeds:
-                points = sample_points_on_mesh(shape.mesh, count, seed=seed)
+                points = benchmark_points(shape.mesh, count, seed, settings.point_noise_mm)
                 for name in settings.presets:
                     done += 1
                     run = run_fit(shape, grid, points, name, seed, settings)
@@ -621,6 +633,17 @@ def _json_default(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def noise_mm(text: str) -> float:
+    """argparse type: a finite σ ≥ 0 in mm."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a noise σ in mm is a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"a noise σ in mm is finite and at least 0, got {text!r}")
+    return value
 
 
 def parse_args(argv=None):
@@ -655,6 +678,8 @@ def parse_args(argv=None):
     tuning.add_argument("--warm-up", action=argparse.BooleanOptionalAction,
                         help=f"run {WARM_UP_ITERATIONS} unmeasured iterations of each preset first, so that no "
                              f"measured fit carries torch's start-up (default: on)")
+    tuning.add_argument("--point-noise-mm", type=noise_mm, metavar="MM",
+                        help="Gaussian noise σ in mm on every coordinate of the points, as clicks have (default 0)")
     tuning.add_argument("--checkpoint-every", type=int)
     tuning.add_argument("--grid-voxels", type=int, help="voxels of the checkpoint Dice grid (default 100000)")
     tuning.add_argument("--preview-resolution", type=int)
@@ -673,7 +698,7 @@ def settings_from_args(args) -> Settings:
                  "fast_points_per_step", "fast_light_iterations", "fast_iterations_per_elongation_squared",
                  "fast_lr_schedule",
                  "paper_surface", "checkpoint_every", "grid_voxels", "preview_resolution", "export_resolution",
-                 "refit_iterations", "dice_voxel_mm", "distance_samples", "device", "warm_up"):
+                 "refit_iterations", "dice_voxel_mm", "distance_samples", "device", "warm_up", "point_noise_mm"):
         value = getattr(args, name)
         if value is not None and value != getattr(settings, name):
             setattr(settings, name, value)
