@@ -5,6 +5,7 @@ import torch
 from vtk.util import numpy_support
 
 from VascularINRLib import phantoms
+from VascularINRLib.errors import InputError
 from VascularINRLib.far_field import POOL_SIZE, SMALL_POOL_SIZE, FarFieldPrior, estimate_max_radius
 from VascularINRLib.fitting import FitWarning, fit_points, preset
 from VascularINRLib.mesh import read_mesh, sample_points_on_mesh
@@ -64,6 +65,13 @@ def test_with_noisy_clicks_the_prior_asks_next_to_nothing_inside_the_aneurysm_to
                                     np.random.default_rng(0), "cpu", torch.float32, point_noise_mm=noise)
         inside[noise] = np.mean(aaa.sdf(normalization.to_world(prior.samples.numpy())) < 0)
     assert inside[0.0] > 0.02 and inside[0.5] < 0.0005, inside
+
+
+@pytest.mark.parametrize("noise", [-0.5, float("nan"), float("inf")])
+def test_a_bad_point_noise_is_an_input_error(noise):
+    points = sample_points_on_mesh(phantoms.aaa_lumen().mesh(), 100, seed=0)
+    with pytest.raises(InputError, match="noise"):
+        fit_points(points, preset("fast", max_iterations=5, point_noise_mm=noise))
 
 
 def test_thin_branch_from_150_points():

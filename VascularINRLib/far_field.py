@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from .errors import InputError
+
 POOL_SIZE = 1 << 16
 SMALL_POOL_SIZE = 1 << 14  # for fits that draw at most twice as many (a short refit)
 SHELL_FRACTION = 0.75  # of the pool, drawn just beyond D around the points: where ends and webs leak
@@ -157,6 +159,8 @@ class FarFieldPrior:
         """`draws`: how many samples the fit will take from the pool (None: many). A short refit's few
         draws need a small pool, and building it is the refit's largest fixed cost. `point_noise_mm`:
         the σ of the points' noise, which the inscribed balls tolerate."""
+        if not 0.0 <= point_noise_mm < math.inf:
+            raise InputError(f"the points' noise must be a number of mm, 0 or more, got {point_noise_mm}")
         pool_size = SMALL_POOL_SIZE if draws is not None and draws <= 2 * SMALL_POOL_SIZE else POOL_SIZE
         points_mm = points_net * scale_mm
         radii = inscribed_radii(points_mm, NOISE_TOLERANCE_SIGMAS * point_noise_mm)
