@@ -167,10 +167,11 @@ def test_a_paper_fit_that_never_reaches_the_target_bounds_the_ratio_from_below()
 
 def test_the_fast_tuning_options_reach_the_fast_preset_alone():
     args = benchmark.parse_args(["--fast-light-iterations", "0", "--fast-iterations-per-elongation-squared", "12",
-                                 "--fast-threads", "1"])
+                                 "--fast-threads", "1", "--fast-point-noise-mm", "0"])
     settings = benchmark.settings_from_args(args)
     fast, paper = benchmark.fit_config("fast", 0, settings), benchmark.fit_config("paper", 0, settings)
     assert (fast.light_iterations, fast.iterations_per_elongation_squared, fast.threads) == (0, 12.0, 1)
+    assert fast.point_noise_mm == 0.0 and paper.point_noise_mm == benchmark.PRESETS["paper"].point_noise_mm
     assert (paper.light_iterations, paper.iterations_per_elongation_squared) == (0, None)
     assert paper.threads == benchmark.DEFAULT_THREADS
     assert settings.mode == "full with overrides"

@@ -126,10 +126,11 @@ def test_a_bad_point_noise_exits_2_and_a_good_one_reaches_the_fit(tmp_path, caps
     points = tmp_path / "points.csv"
     write_points(sample_points_on_mesh(phantoms.aaa_lumen().mesh(), 150, seed=0), points)
     out = tmp_path / "s.stl"
-    for value in ("-0.5", "nan", "inf"):
-        assert run("fit", points, "-o", out, "--point-noise", value, "--quiet") == 2
-        error = capsys.readouterr().err
-        assert "--point-noise" in error and len(error.strip().splitlines()) == 1 and not out.exists()
+    for value in ("-0.5", "nan", "inf", "half"):
+        with pytest.raises(SystemExit) as exited:
+            run("fit", points, "-o", out, "--point-noise", value, "--quiet")
+        assert exited.value.code == 2 and not out.exists()
+        assert f"argument --point-noise: expected a noise σ in mm, 0 or more, got '{value}'" in capsys.readouterr().err
     report = tmp_path / "r.json"
     assert run("fit", points, "-o", out, "--json", report, "--point-noise", "0", "--max-iterations", "20",
                "--resolution", "48", "--quiet") == 0

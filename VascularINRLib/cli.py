@@ -80,8 +80,6 @@ def _config_from_args(args):
 
     if args.max_radius is not None and args.max_radius <= 0:
         raise InputError(f"--max-radius must be a positive number of mm, got {args.max_radius}")
-    if args.point_noise is not None and not 0 <= args.point_noise < math.inf:
-        raise InputError(f"--point-noise must be a number of mm, 0 or more, got {args.point_noise}")
     return preset(args.preset, seed=args.seed, max_iterations=args.max_iterations,
                   time_limit_s=args.time_limit, threads=args.threads, max_radius_mm=args.max_radius,
                   point_noise_mm=args.point_noise,
@@ -320,6 +318,17 @@ def thread_count(text: str):
     return count
 
 
+def noise_mm(text: str) -> float:
+    """argparse type of a noise σ: a finite number of mm, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a noise σ in mm, 0 or more, got {text!r}")
+    return value
+
+
 def _add_fit_options(parser, with_device=True) -> None:
     group = parser.add_argument_group("fit options")
     group.add_argument("--preset", default="fast", choices=["fast", "paper"],
@@ -332,7 +341,7 @@ def _add_fit_options(parser, with_device=True) -> None:
                             "1, 2, 4 ... threads throughout the fit and the others run on the faster)")
     group.add_argument("--max-radius", type=float, metavar="MM",
                        help="largest vessel radius in mm for the far-field prior (default: estimated)")
-    group.add_argument("--point-noise", type=float, metavar="MM",
+    group.add_argument("--point-noise", type=noise_mm, metavar="MM",
                        help="σ of the points' noise in mm, which the radius estimate tolerates (default 0.5, "
                             "clicks on CT; 0 for points exactly on a surface)")
     group.add_argument("--no-far-field", action="store_true",

@@ -65,7 +65,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from VascularINRLib import metrics, phantoms  # noqa: E402
-from VascularINRLib.cli import thread_count  # noqa: E402
+from VascularINRLib.cli import noise_mm, thread_count  # noqa: E402
 from VascularINRLib.fitting import PRESETS, fit_points, preset  # noqa: E402
 from VascularINRLib.mesh import read_mesh, sample_points_on_mesh  # noqa: E402
 from VascularINRLib.neural_sdf import NeuralSDF  # noqa: E402
@@ -97,6 +97,7 @@ class Settings:
     fast_light_iterations: Optional[int] = None  # None: the preset's own; 0: every step takes every sample
     fast_iterations_per_elongation_squared: Optional[float] = None  # None: the preset's own plan
     fast_lr_schedule: Optional[str] = None  # None: the preset's own learning-rate schedule
+    fast_point_noise_mm: Optional[float] = None  # the noise σ the fast preset assumes; None: its own (0.5 mm)
     paper_surface: bool = True  # extract and compare the capped paper fit's surface too
     checkpoint_every: int = 50
     grid_voxels: int = 100_000
@@ -239,9 +240,10 @@ def fit_config(name: str, seed: int, settings: Settings):
     light = settings.fast_light_iterations if name == "fast" else None
     plan = settings.fast_iterations_per_elongation_squared if name == "fast" else None
     schedule = settings.fast_lr_schedule if name == "fast" else None
+    noise = settings.fast_point_noise_mm if name == "fast" else None
     return preset(name, max_iterations=cap, min_iterations=minimum, seed=seed, threads=threads,
                   points_per_step=batch, light_iterations=light, iterations_per_elongation_squared=plan,
-                  lr_schedule=schedule)
+                  lr_schedule=schedule, point_noise_mm=noise)
 
 
 def surface_measures(sdf, points: np.ndarray, shape: Shape, seed: int, settings: Settings) -> dict:
@@ -266,7 +268,8 @@ def refit_measures(previous, points: np.ndarray, shape: Shape, grid: ReferenceGr
     points = np.vstack([points, extra])
     config = preset("fast", max_iterations=settings.refit_iterations, warm_start_iterations=settings.refit_iterations,
                     early_stop=False, seed=seed, threads=settings.threads,  # None: the preset's warm schedule
-                    points_per_step=settings.fast_points_per_step, lr_schedule=settings.fast_lr_schedule)
+                    points_per_step=settings.fast_points_per_step, lr_schedule=settings.fast_lr_schedule,
+                    point_noise_mm=settings.fast_point_noise_mm)
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -635,17 +638,6 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def noise_mm(text: str) -> float:
-    """argparse type: a finite σ ≥ 0 in mm."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a noise σ in mm is a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"a noise σ in mm is finite and at least 0, got {text!r}")
-    return value
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
@@ -671,6 +663,9 @@ def parse_args(argv=None):
     tuning.add_argument("--fast-light-iterations", type=int,
                         help="first iterations of the fast preset that take half the samples (default: its own, "
                              "300; 0: none)")
+    tuning.add_argument("--fast-point-noise-mm", type=noise_mm, metavar="MM",
+                        help="the points' noise σ that the fast preset assumes (default: its own, 0.5; 0 with "
+                             "--fast-iterations-per-elongation-squared 20 fits as before the seventh session)")
     tuning.add_argument("--fast-lr-schedule", choices=["linear", "cosine"],
                         help="the fast preset's learning-rate schedule (default: its own)")
     tuning.add_argument("--paper-surface", action=argparse.BooleanOptionalAction,
@@ -696,7 +691,7 @@ def settings_from_args(args) -> Settings:
     for name in ("shapes", "points", "seeds", "presets", "paper_iterations", "paper_threads", "threads",
                  "fast_iterations",
                  "fast_points_per_step", "fast_light_iterations", "fast_iterations_per_elongation_squared",
-                 "fast_lr_schedule",
+                 "fast_lr_schedule", "fast_point_noise_mm",
                  "paper_surface", "checkpoint_every", "grid_voxels", "preview_resolution", "export_resolution",
                  "refit_iterations", "dice_voxel_mm", "distance_samples", "device", "warm_up", "point_noise_mm"):
         value = getattr(args, name)
