@@ -220,3 +220,24 @@ def test_the_report_says_whether_the_points_are_noisy(tiny_run):
     result = json.loads((out / "benchmark.json").read_text())
     result["settings"]["point_noise_mm"] = 0.5
     assert "Gaussian noise of σ 0.5 mm" in benchmark.report_text(result)
+
+
+def test_the_realistic_protocol_fits_clicks_on_slices_and_groups_the_seeds(tmp_path):
+    """--slice-spacing-mm: the annotator's clicks replace the uniform points; fast lofts them (its report's
+    slices), paper fits them as points; the summary has one row per shape whatever N each seed clicked."""
+    printed = io.StringIO()
+    options = [option for option in TINY if option not in ("--points", "100")]
+    options[options.index("--seeds") + 1] = "0"
+    with contextlib.redirect_stdout(printed):
+        code = benchmark.main(options + ["--seeds", "0", "1", "--slice-spacing-mm", "15", "--clicks-per-contour", "5",
+                                         "--point-noise-mm", "0.5", "-o", str(tmp_path)])
+    assert code == 0
+    result = json.loads((tmp_path / "benchmark.json").read_text())
+    clicks = benchmark.clicked_points(benchmark.load_shapes(["aaa"], tmp_path, print)[0], 1,
+                                      benchmark.Settings(slice_spacing_mm=15.0, clicks_per_contour=5,
+                                                         point_noise_mm=0.5))
+    assert {(run["seed"], run["points"]) for run in result["runs"]} >= {(1, len(clicks))}
+    assert len(result["summary"]) == 1 and "clicks (median)" in str(result["summary"][0]["points"])
+    assert all(run["slices"]["contours"] > 5 for run in result["runs"] if run["preset"] == "fast")
+    assert all(not run["slices"] for run in result["runs"] if run["preset"] == "paper")
+    assert "Points: clicks on slices" in printed.getvalue()

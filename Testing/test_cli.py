@@ -135,3 +135,25 @@ def test_a_bad_point_noise_exits_2_and_a_good_one_reaches_the_fit(tmp_path, caps
     assert run("fit", points, "-o", out, "--json", report, "--point-noise", "0", "--max-iterations", "20",
                "--resolution", "48", "--quiet") == 0
     assert json.loads(report.read_text())["config"]["point_noise_mm"] == 0.0
+
+
+def test_clicks_on_slices_in_a_file_are_found_and_lofted_unless_switched_off(tmp_path, capsys):
+    """Clicks exported with three decimals (as a user's CSV), 6 on each of 9 axial slices: found as
+    slices from the coordinates, fitted through contours with flat ends; --slices off fits the points."""
+    from VascularINRLib import annotator
+    clicks = annotator.click_slices(phantoms.aaa_lumen().mesh(), 10.0, 6, 0.5, "z", seed=4)
+    upper = clicks.points[clicks.points[:, 2] > 60.0]
+    points = tmp_path / "clicks.csv"
+    np.savetxt(points, upper, fmt="%.3f", delimiter=",", header="x,y,z", comments="")
+    out, report = tmp_path / "v.stl", tmp_path / "v.json"
+    assert run("fit", points, "-o", out, "--json", report, "--max-iterations", "60", "--resolution", "48",
+               "--quiet") == 0
+    lofted = json.loads(report.read_text())["slices"]
+    assert lofted["slices"] == len(np.unique(upper[:, 2])) and lofted["end_caps"] == 2
+    assert f"on {lofted['slices']} slices ({lofted['contours']} contours, 2 flat end(s))" in capsys.readouterr().out
+    assert run("fit", points, "-o", out, "--json", report, "--max-iterations", "20", "--resolution", "48",
+               "--slices", "off", "--quiet") == 0
+    assert "slices" not in json.loads(report.read_text())
+    with pytest.raises(SystemExit) as exited:
+        run("fit", points, "-o", out, "--slices", "some")
+    assert exited.value.code == 2

@@ -107,6 +107,21 @@ def test_blending_rows_when_the_data_is_there(tiny_run):
         assert 0.0 <= row["dice_region"] <= 1.0
 
 
+def test_clicks_experiment_rows_medians_and_table(tiny_run):
+    folder, results = tiny_run
+    clicks = json.loads((folder / "results.json").read_text())["clicks"]
+    assert {row["method"] for row in clicks["runs"]} == {"loft", "points"}
+    for row in clicks["runs"]:
+        assert "error" not in row, row.get("error")
+        assert 0.0 < row["span_dice"] <= 1.0 and row["components"] >= 1 and row["clicks"] > 0
+    loft = [row for row in clicks["runs"] if row["method"] == "loft"][0]
+    assert loft["slices"]["contours"] > 10 and loft["slices"]["end_caps"] >= 1
+    text = (folder / "results.md").read_text()
+    assert "## 4. Clicks on slices" in text
+    for entry in clicks["medians"]:
+        assert f"| {entry['case']} | {entry['method']} | {entry['clicks']:.0f} | {entry['span_dice']:.3f} |" in text
+
+
 def test_reproduce_refuses_bad_outputs_and_data_before_work(tmp_path, capsys):
     assert cli.main(["reproduce", "-o", str(tmp_path / "missing" / "out")]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -176,7 +191,7 @@ def test_quick_with_another_plan_is_refused_before_work(planned, tmp_path, capsy
 def test_standard_plan_cuts_only_seeds_and_the_paper_preset():
     full, standard = reproduce.PLANS["full"], reproduce.PLANS["standard"]
     differs = {k for k, v in vars(standard).items() if vars(full)[k] != v}
-    assert differs == {"name", "seeds", "paper_iterations", "paper_counts", "paper_seeds", "cuts"}
+    assert differs == {"name", "seeds", "paper_iterations", "paper_counts", "paper_seeds", "cuts", "click_seeds"}
     assert standard.shapes is None and standard.fast_iterations is None and standard.blend_cases is None
     assert standard.nested_real and standard.nested_iterations is None and standard.blend_iterations is None
     assert standard.runs_of("fast") == (full.counts, 3)

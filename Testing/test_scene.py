@@ -395,6 +395,36 @@ def test_the_phantom_ct_lands_in_ras_with_its_spacing(scene, logic):
     assert hu[0, 0, 0] < -500  # air outside the body
 
 
+def test_clicks_on_a_slice_view_are_fitted_as_slices_with_the_volumes_voxel(scene, logic, events):
+    """The scene tells the fit what it knows: the error of a click (half the voxel of the volume the
+    views show) and the planes of the slice views, here an oblique one that no axis would find."""
+    logic.add_phantom_ct(spacing_mm=(0.8, 0.8, 1.5))
+    view = scene.AddNewNodeByClass("vtkMRMLSliceNode", "Oblique")
+    normal = np.array([1.0, 0.0, 1.0]) / np.sqrt(2.0)
+    u = np.array([0.0, 1.0, 0.0])
+    v = np.cross(normal, u)
+    matrix = vtk.vtkMatrix4x4()
+    for row in range(3):
+        for column, axis in enumerate((u, v, normal)):
+            matrix.SetElement(row, column, axis[row])
+    view.GetSliceToRAS().DeepCopy(matrix)
+    hints = logic.click_hints()
+    assert hints.noise_mm == pytest.approx(0.4)  # half of the 0.8 mm in-plane voxel
+    assert any(np.allclose(direction, normal) for direction in hints.directions)
+    rng = np.random.default_rng(5)
+    clicks = np.vstack([level * normal + 6.0 * np.column_stack([np.cos(a), np.sin(a)]) @ np.vstack([u, v])
+                        for level in np.arange(0.0, 41.0, 8.0)
+                        for a in [rng.random() + np.arange(6) * np.pi / 3]])
+    points = add_points(scene, clicks, "Clicked on the oblique view")
+    assert logic.request_fit(points)
+    wait(logic, events)
+    assert logic.status.state == "done", logic.status.message
+    fit = logic.report_of(logic.model_for_points(points))["fit"]
+    assert fit["slices"]["slices"] == 6 and fit["slices"]["contours"] == 6 and fit["slices"]["end_caps"] == 2
+    assert fit["config"]["point_noise_mm"] == pytest.approx(0.4)
+    assert "6 contours on 6 slices" in logic.status.message
+
+
 # --- Nested walls and Blend panels ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")

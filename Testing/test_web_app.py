@@ -4,8 +4,9 @@ The server runs as a subprocess on a free port with the built-in AAA phantom CT.
 the views to stream, clicks 16 points on the lumen wall (4 per axial slice, on 4 slices) in the
 axial view, waits for the background fit, exports an STL under a hostile file name (it must land,
 sanitised, in --export-dir), re-reads it and checks its Dice against the phantom's lumen within the
-clicked span of slices. Pixel positions come from the phantom's geometry and the axial view's
-XY-to-RAS matrix, which the page publishes in #vinr-info (JSON).
+clicked span of slices (≥ 0.88: the clicks are found to share 4 axial slices and fitted through round
+contours with flat ends; as plain points they gave 0.78). Pixel positions come from the phantom's geometry
+and the axial view's XY-to-RAS matrix, which the page publishes in #vinr-info (JSON).
 
 Needs /usr/bin/chromium and the playwright package (Testing/install_browser.sh installs both); skips
 with the reason otherwise. `playwright install` is never used.
@@ -29,7 +30,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run"]
 LEVELS_MM = (35.0, 50.0, 65.0, 80.0)  # axial slices clicked (the aorta, into the aneurysm sac)
 ANGLES = np.radians([20.0, 110.0, 200.0, 290.0])
-DICE_MIN = 0.6  # 16 points on 4 slices, compared between the first and last slice only
+DICE_MIN = 0.88  # 16 points on 4 slices, compared between the first and last slice (0.78 before the loft)
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed "
                                                           "(run Testing/install_browser.sh)")

@@ -10,6 +10,7 @@ from typing import Optional
 
 import torch
 
+from .end_caps import EndCaps
 from .errors import InputError
 from .far_field import FarFieldBound
 from .files import atomic_output
@@ -31,6 +32,7 @@ def checkpoint_dict(sdf: NeuralSDF, report: Optional[dict] = None) -> dict:
         "points_bounds_mm": [float(v) for v in sdf.points_bounds_mm],
         "output_names": list(sdf.output_names),
         "far_field_bound": sdf.far_field_bound.as_dict() if sdf.far_field_bound is not None else None,
+        "end_caps": sdf.end_caps.as_dict() if getattr(sdf, "end_caps", None) is not None else None,
         "report": _plain(report or {}),
     }
 
@@ -51,8 +53,10 @@ def neural_sdf_from_dict(data, source: str = "checkpoint") -> NeuralSDF:
         network.load_state_dict(data["state_dict"])
         normalization = Normalization.from_dict(data["normalization"])
         bound = data.get("far_field_bound")
+        caps = data.get("end_caps")
         return NeuralSDF(network, normalization, data["points_bounds_mm"], data.get("output_names"),
-                         FarFieldBound.from_dict(bound) if bound is not None else None)
+                         FarFieldBound.from_dict(bound) if bound is not None else None,
+                         EndCaps.from_dict(caps) if caps is not None else None)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise InputError(f"{source} does not match its architecture: {str(error).splitlines()[0]}") from None
 

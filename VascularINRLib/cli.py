@@ -82,7 +82,7 @@ def _config_from_args(args):
         raise InputError(f"--max-radius must be a positive number of mm, got {args.max_radius}")
     return preset(args.preset, seed=args.seed, max_iterations=args.max_iterations,
                   time_limit_s=args.time_limit, threads=args.threads, max_radius_mm=args.max_radius,
-                  point_noise_mm=args.point_noise,
+                  point_noise_mm=args.point_noise, slices=args.slices,
                   far_field=False if args.no_far_field else None)
 
 
@@ -109,7 +109,10 @@ def command_fit(args) -> int:
 
         render_png(args.png, [surface.polydata], result.points_mm,
                    title=f"{len(result.points_mm)} points, {report['fit_seconds']:.1f} s")
-    print(f"{output}: {report['points']} points, {report['iterations']} iterations in "
+    lofted = report.get("slices")
+    on_slices = (f" on {lofted['slices']} slices ({lofted['contours']} contours, {lofted['end_caps']} flat end(s))"
+                 if lofted else "")
+    print(f"{output}: {report['points']} points{on_slices}, {report['iterations']} iterations in "
           f"{report['fit_seconds']:.1f} s, mean |SDF| at the points {report['mean_abs_sdf_at_points_mm']:.3f} mm, "
           f"{'watertight' if report['watertight'] else 'NOT watertight'}, {report['components']} component(s)")
     return 0
@@ -342,8 +345,13 @@ def _add_fit_options(parser, with_device=True) -> None:
     group.add_argument("--max-radius", type=float, metavar="MM",
                        help="largest vessel radius in mm for the far-field prior (default: estimated)")
     group.add_argument("--point-noise", type=noise_mm, metavar="MM",
-                       help="σ of the points' noise in mm, which the radius estimate tolerates (default 0.5, "
-                            "clicks on CT; 0 for points exactly on a surface)")
+                       help="σ of the points' error in mm: clicks on slices are averaged over, and the radius "
+                            "estimate tolerates it (default 0.5, clicks on CT: about half a voxel; 0 for points "
+                            "exactly on a surface)")
+    group.add_argument("--slices", choices=["auto", "off"],
+                       help="auto (default for fast): points that share an axial, coronal or sagittal plane are "
+                            "clicks on slices, fitted through smooth contours that end where the clicks end; "
+                            "off: every point as it is")
     group.add_argument("--no-far-field", action="store_true",
                        help="the paper's loss alone, without the far-field sign prior")
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -449,9 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=command_serve)
 
     reproduce = sub.add_parser("reproduce", help="the paper's experiments (robustness, nested walls, blending) "
-                               "as figures and tables",
-                               description="Regenerate the paper's three experiments on the data at hand and "
-                                           "write results.json, results.md and PNGs into a folder.")
+                               "and clicks on slices, as figures and tables",
+                               description="Regenerate the paper's three experiments, and a fourth on simulated "
+                                           "clicks on slices, on the data at hand and write results.json, "
+                                           "results.md and PNGs into a folder.")
     reproduce.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the results")
     reproduce.add_argument("--data", metavar="DIR",
                            help="data folder (default: $VASCULAR_INR_DATA, else shared/data beside the repository)")

@@ -151,37 +151,61 @@ class FarFieldPrior:
     threshold_mm: float  # the largest D(x), mm
     radius_estimated: bool
     bound: FarFieldBound
+    far_count: Optional[int] = None  # the pool's first far_count samples are far ones, the rest in end caps
 
     @classmethod
     def build(cls, points_net: np.ndarray, scale_mm: float, max_radius_mm: Optional[float],
               generator: np.random.Generator, device, dtype, draws: Optional[int] = None,
-              point_noise_mm: float = 0.0) -> "FarFieldPrior":
+              point_noise_mm: float = 0.0, radii_mm: Optional[np.ndarray] = None,
+              spacing_mm: Optional[np.ndarray] = None, end_caps=None,
+              end_cap_fraction: float = 0.0) -> "FarFieldPrior":
         """`draws`: how many samples the fit will take from the pool (None: many). A short refit's few
         draws need a small pool, and building it is the refit's largest fixed cost. `point_noise_mm`:
-        the σ of the points' noise, which the inscribed balls tolerate."""
+        the σ of the points' noise, which the inscribed balls tolerate. `radii_mm`: the vessel's radius
+        at each point where it is known (from the contours of clicks on slices): it replaces the
+        inscribed balls, which dense rings on slices far apart mislead (a ring's neighbours lie in its
+        own plane, so the PCA plane is the slice, not the wall). `spacing_mm`: per point, how far the
+        data around it may leave the vessel unsampled (for rings, the gap to the next slice), where it
+        is larger than the points' median spacing. `end_caps` (an `end_caps.EndCaps`):
+        the pool also holds samples in the caps' cylinders (`end_cap_fraction` of it, added), with
+        f ≥ the cap's value asked for there."""
         if not 0.0 <= point_noise_mm < math.inf:
             raise InputError(f"the points' noise must be a number of mm, 0 or more, got {point_noise_mm}")
         pool_size = SMALL_POOL_SIZE if draws is not None and draws <= 2 * SMALL_POOL_SIZE else POOL_SIZE
         points_mm = points_net * scale_mm
-        radii = inscribed_radii(points_mm, NOISE_TOLERANCE_SIGMAS * point_noise_mm)
+        if radii_mm is not None:
+            radii = np.asarray(radii_mm, dtype=np.float64)
+            if radii.shape != (len(points_mm),) or not np.all(np.isfinite(radii) & (radii > 0)):
+                raise InputError(f"the vessel radii must be {len(points_mm)} positive numbers of mm")
+        else:
+            radii = inscribed_radii(points_mm, NOISE_TOLERANCE_SIGMAS * point_noise_mm)
         estimated = max_radius_mm is None
         from_points = estimate_max_radius(points_mm, radii)
         if estimated:
             max_radius_mm = from_points
         # A radius given by the user holds everywhere; an estimated one only caps the local radii.
         local = local_radii(points_mm, radii, max_radius_mm) if estimated else np.full(len(points_mm), max_radius_mm)
-        per_point = RADIUS_SAFETY * local + point_spacing(points_mm)
+        spacing = point_spacing(points_mm)
+        if spacing_mm is not None:
+            spacing = np.maximum(spacing, np.asarray(spacing_mm, dtype=np.float64).reshape(len(points_mm)))
+        per_point = RADIUS_SAFETY * local + spacing
         shell = int(SHELL_FRACTION * pool_size)
         samples = np.concatenate([generator.uniform(-1.0, 1.0, size=(pool_size - shell, 3)),
                                   shell_samples(points_net, per_point / scale_mm, shell, generator)])
         distance, index = cKDTree(points_net).query(samples, k=min(NEIGHBOURS_OF_A_SAMPLE, len(points_net)))
         threshold = per_point[index].max(axis=1) / scale_mm
         beyond = distance[:, 0] > threshold  # only these ever carry the prior: keep them alone
-        samples, distance, threshold = samples[beyond], distance[beyond], threshold[beyond]
+        samples, distance, threshold = samples[beyond], distance[beyond, 0], threshold[beyond]
+        far_count = len(samples)
+        if end_caps is not None and len(end_caps) and end_cap_fraction > 0 and len(samples):
+            cap_samples, cap_values = end_caps.samples(int(len(samples) * end_cap_fraction), generator)
+            samples = np.concatenate([samples, cap_samples])
+            distance = np.concatenate([distance, cap_values])  # excess = distance − threshold = the cap's value
+            threshold = np.concatenate([threshold, np.zeros(len(cap_values))])
         as_tensor = lambda array: torch.as_tensor(array, dtype=dtype, device=device)  # noqa: E731
-        return cls(as_tensor(samples), as_tensor(distance[:, 0]), as_tensor(threshold), float(max_radius_mm),
+        return cls(as_tensor(samples), as_tensor(distance), as_tensor(threshold), float(max_radius_mm),
                    float(from_points), float(per_point.max()), estimated,
-                   FarFieldBound(points_net, BOUND_SAFETY * per_point / scale_mm))
+                   FarFieldBound(points_net, BOUND_SAFETY * per_point / scale_mm), far_count)
 
     def draw(self, count: int, generator: torch.Generator):
         """`count` pool samples with their excess d − D(x) (> 0); none when nothing lies that far."""
@@ -199,11 +223,12 @@ class FarFieldPrior:
     def check(self, network: torch.nn.Module, scale_mm: float) -> dict:
         """After a fit: how deep the fitted inside reaches beyond D(x), in mm (0 when it never does).
         A large value means the vessel is wider than the radius the prior was given."""
-        if len(self.samples) == 0:
+        far = len(self.samples) if self.far_count is None else self.far_count
+        if far == 0:
             return {"inside_beyond_far_field_mm": 0.0}
         with torch.no_grad():
-            inside = network(self.samples)[:, 0] < 0
-        excess = (self.distance - self.threshold)[inside]
+            inside = network(self.samples[:far])[:, 0] < 0
+        excess = (self.distance[:far] - self.threshold[:far])[inside]
         depth = float(excess.max()) * scale_mm if len(excess) else 0.0
         return {"inside_beyond_far_field_mm": round(max(depth, 0.0), 3)}
 

@@ -17,12 +17,15 @@ import torch
 
 from .cpu_threads import AUTO, ThreadChooser, torch_threads
 from .errors import FitCancelled, InputError
+from .end_caps import EndCaps
 from .far_field import FarFieldPrior
+from .loft import build_loft
 from .network import SDFNetwork
 from .neural_sdf import NeuralSDF
 from .normalization import Normalization
-from .points_check import check_points
+from .points_check import check_points_and_index
 from .sampling import EikonalSampler, local_sigmas
+from .slices import SlicePlanes, detect as detect_slices
 
 
 LIGHT_MIN_POINTS = 128  # the fewest points a light step takes
@@ -67,6 +70,17 @@ class FitConfig:
     far_field_samples: int = 512  # per step; they need f alone, not ∇f, so they are cheap
     max_radius_mm: Optional[float] = None  # largest vessel radius; None: estimated from the points
     point_noise_mm: float = 0.5  # σ of the points' noise (clicks on CT): the radius estimate tolerates it
+    # Clicks on slices (loft.py): "auto" finds the points that share an axial, coronal or sagittal plane
+    # (or takes the planes given to fit_points) and fits the network to smooth contours through them;
+    # "off" fits the points as they are.
+    slices: str = "auto"
+    ring_spacing_mm: float = 1.0  # the contours' rings are sampled this densely
+    interpolation_mm: float = 2.5  # curves interpolated between the slices of a vessel this often (0: none)
+    end_caps: bool = True  # a vessel ends flat in the plane of its last contour (where no click lies beyond)
+    end_cap_samples: int = 128  # per step, in the caps' cylinders (the prior's hinge, like the far field's)
+    # a lofted fit's rings hold more detail than a few points: its planned count starts here (an
+    # aneurysm's sac clicked every 5 mm: Dice 0.965-0.971 at 450 iterations, 0.976-0.980 at 800)
+    loft_min_iterations: int = 800
     check_every: int = 50
     patience: int = 6  # checks without a 1% gain in the windowed loss before stopping
     early_stop: bool = True
@@ -90,7 +104,7 @@ PRESETS = {
     # Faithful to the paper: 6×256, skip into layer 3, Adam lr 1e-4, 25,000 iterations, λ 0.1.
     "paper": FitConfig(depth=6, width=256, skip_layer=3, learning_rate=1e-4, lr_schedule="constant",
                        max_iterations=25000, min_iterations=25000, early_stop=False,
-                       uniform_samples=2048, init_radius=0.5, warm_start_iterations=None),
+                       uniform_samples=2048, init_radius=0.5, warm_start_iterations=None, slices="off"),
 }
 
 
@@ -128,6 +142,8 @@ class FitResult:
     loss_history: List[tuple] = field(default_factory=list)
     prior: dict = field(default_factory=dict)
     threads: dict = field(default_factory=dict)  # ThreadChooser.report(): the threads the steps ran on
+    fitted_points_mm: Optional[np.ndarray] = None  # what the network was fitted to (the rings), when not the points
+    slices: dict = field(default_factory=dict)  # the loft's report, for clicks on slices
 
     def report(self) -> dict:
         return {
@@ -140,6 +156,7 @@ class FitResult:
             "mean_abs_sdf_at_points_mm": round(self.mean_abs_sdf_at_points_mm, 4),
             "scale_mm_per_unit": self.sdf.normalization.scale_mm,
             **self.prior,
+            **({"slices": self.slices} if self.slices else {}),
             **self.threads,
             "config": asdict(self.config),
         }
@@ -183,27 +200,56 @@ def fit_points(
     points_mm: np.ndarray,
     config: Optional[FitConfig] = None,
     *,
+    slices: Optional[SlicePlanes] = None,
     warm_start: Optional[NeuralSDF] = None,
     device: str = "auto",
     progress: Optional[Callable[[FitProgress], None]] = None,
     progress_every: int = 50,
     cancel_event: Optional[threading.Event] = None,
 ) -> FitResult:
-    """Fit a NeuralSDF to (N,3) world points in mm. Raises InputError, FitCancelled."""
+    """Fit a NeuralSDF to (N,3) world points in mm. `slices`: the plane each point was clicked on, when
+    the front end knows it (otherwise `config.slices` "auto" looks for points that share an axial,
+    coronal or sagittal plane). Raises InputError, FitCancelled."""
     config = config or preset("fast")
-    points_mm = check_points(points_mm)
+    if slices is not None and len(slices.plane_of_point) != len(points_mm):
+        raise InputError(f"the slice planes are given for {len(slices.plane_of_point)} points, not {len(points_mm)}")
+    points_mm, kept = check_points_and_index(points_mm)
+    loft = _loft(points_mm, kept, slices, config)
+    data_mm = points_mm if loft is None else loft.points_mm
     torch_device = resolve_device(device)
-    normalization, network, warm = _initial_network(points_mm, config, warm_start, torch_device)
+    normalization, network, warm = _initial_network(data_mm, config, warm_start, torch_device)
     if warm and config.warm_start_iterations is not None:  # the short refit schedule
         steps = min(config.max_iterations, config.warm_start_iterations)
         config = replace(config, max_iterations=steps, min_iterations=min(config.min_iterations, steps),
                          uniform_samples=min(config.uniform_samples, config.warm_start_uniform_samples))
+    caps = None
+    if loft is not None and config.end_caps and len(loft.cap_radii_mm):
+        caps = EndCaps.from_mm(loft.cap_origins_mm, loft.cap_normals, loft.cap_radii_mm, normalization)
     with torch_threads(config.threads if torch_device.type == "cpu" else None):
-        result = _optimise(points_mm, config, normalization, network, torch_device,
+        result = _optimise(data_mm, config, normalization, network, torch_device,
                            progress, progress_every, cancel_event,
-                           config.learning_rate * (config.warm_start_lr_factor if warm else 1.0), warm)
+                           config.learning_rate * (config.warm_start_lr_factor if warm else 1.0), warm,
+                           loft, caps)
     result.warm_started = warm
+    if loft is not None:
+        result.fitted_points_mm = data_mm
+        result.points_mm = points_mm
+        result.mean_abs_sdf_at_points_mm = float(np.abs(result.sdf.sdf(points_mm)).mean())
+        result.slices = loft.report
     return result
+
+
+def _loft(points_mm: np.ndarray, kept: np.ndarray, slices: Optional[SlicePlanes], config: FitConfig):
+    """The rings of the contours through clicks on slices (loft.py), or None for scattered points."""
+    if config.slices not in ("auto", "off"):
+        raise InputError(f"slices must be 'auto' or 'off', got {config.slices!r}")
+    if config.slices == "off":
+        return None
+    planes = detect_slices(points_mm) if slices is None else slices.subset(kept)
+    if not planes.usable(points_mm):
+        return None
+    return build_loft(points_mm, planes, config.point_noise_mm, config.ring_spacing_mm, config.interpolation_mm,
+                      seed=config.seed)
 
 
 def _initial_network(points_mm, config, warm_start, torch_device):
@@ -218,7 +264,7 @@ def _initial_network(points_mm, config, warm_start, torch_device):
 
 
 def _optimise(points_mm, config, normalization, network, device, progress, progress_every, cancel_event,
-              learning_rate, warm=False):
+              learning_rate, warm=False, loft=None, caps=None):
     start = time.perf_counter()
     dtype = torch.float32
     points_net = torch.as_tensor(normalization.to_net(points_mm), dtype=dtype, device=device)
@@ -233,8 +279,15 @@ def _optimise(points_mm, config, normalization, network, device, progress, progr
         far_field = FarFieldPrior.build(normalization.to_net(points_mm), normalization.scale_mm,
                                         config.max_radius_mm, np.random.default_rng(config.seed), device, dtype,
                                         draws=config.max_iterations * config.far_field_samples,
-                                        point_noise_mm=config.point_noise_mm)
+                                        point_noise_mm=config.point_noise_mm,
+                                        radii_mm=None if loft is None else loft.radii_mm,
+                                        spacing_mm=None if loft is None else loft.spacing_mm,
+                                        end_caps=caps,
+                                        end_cap_fraction=config.end_cap_samples / max(config.far_field_samples, 1))
         if config.iterations_per_elongation_squared is not None and not warm:
+            if loft is not None:
+                config = replace(config, min_planned_iterations=max(config.min_planned_iterations,
+                                                                    config.loft_min_iterations))
             config, plan = planned_iterations(points_mm, far_field.max_radius_mm, config)
 
     full = samples_per_step(config, len(points_net))
@@ -256,7 +309,8 @@ def _optimise(points_mm, config, normalization, network, device, progress, progr
     threads = ThreadChooser(config.threads, device)
     iteration, stopped_because, history = run_adam(
         network, loss_step, config, learning_rate, start, progress, progress_every, cancel_event,
-        snapshot=lambda: _neural_sdf(copy.deepcopy(network), normalization, points_mm, far_field), threads=threads)
+        snapshot=lambda: _neural_sdf(copy.deepcopy(network), normalization, points_mm, far_field, caps),
+        threads=threads)
     network.eval()
     prior = dict(plan)
     if far_field is not None:
@@ -271,7 +325,7 @@ def _optimise(points_mm, config, normalization, network, device, progress, progr
                           f"far-field prior allows (largest radius {far_field.max_radius_mm:.1f} mm"
                           f"{' estimated' if far_field.radius_estimated else ''}): if the vessel is wider, "
                           f"set a larger max radius (--max-radius)", FitWarning)
-    sdf = _neural_sdf(network, normalization, points_mm, far_field)
+    sdf = _neural_sdf(network, normalization, points_mm, far_field, caps)
     mean_abs = float(np.abs(sdf.sdf(points_mm)).mean())
     return FitResult(sdf=sdf, config=config, points_mm=points_mm, iterations=iteration,
                      fit_seconds=time.perf_counter() - start, stopped_because=stopped_because,
@@ -360,9 +414,9 @@ def _adam(model: torch.nn.Module, learning_rate: float) -> torch.optim.Adam:
         return torch.optim.Adam(model.parameters(), lr=learning_rate)
 
 
-def _neural_sdf(network, normalization, points_mm, far_field) -> NeuralSDF:
+def _neural_sdf(network, normalization, points_mm, far_field, caps=None) -> NeuralSDF:
     return NeuralSDF(network.eval(), normalization, _bounds(points_mm),
-                     far_field_bound=far_field.bound if far_field is not None else None)
+                     far_field_bound=far_field.bound if far_field is not None else None, end_caps=caps)
 
 
 def _lr_schedule(config: FitConfig) -> Callable[[int], float]:

@@ -244,3 +244,70 @@ def compare(result: Shape, reference: Shape, voxel_mm: Optional[float] = None, n
     """`dice` and `surface_distances` together; a Phantom is meshed (`Phantom.mesh()`) for distances."""
     return {"dice": dice(result, reference, voxel_mm=voxel_mm, bounds=bounds),
             **surface_distances(result, reference, n_samples=n_samples, seed=seed)}
+
+
+CORE_MARGIN_MM = 5.0  # the core of a clicked span: this far inside it from its first and last slices
+
+
+def _grid_nodes(shape, origin, spacing) -> np.ndarray:
+    nz, ny, nx = shape
+    z, y, x = np.meshgrid(*(origin[a] + spacing[a] * np.arange(n) for a, n in ((2, nz), (1, ny), (0, nx))),
+                          indexing="ij")
+    return np.column_stack([x.ravel(), y.ravel(), z.ravel()])
+
+
+def compare_in_span(result: Shape, reference: Shape, depth: Callable[[np.ndarray], np.ndarray],
+                    voxel_mm: Optional[float] = None, n_samples: int = 20000, seed=0,
+                    core_margin_mm: float = CORE_MARGIN_MM) -> Dict[str, float]:
+    """A surface fitted to clicks on slices, judged where the clicks were: `depth(points)` is how far
+    inside the clicked span each point lies (mm; negative past its first or last slice).
+
+    - `dice`, `asd_mm`, `hd95_mm`: as `compare`, over the whole shapes; `span_dice`: Dice of both
+      insides cut to the span (depth ≥ 0).
+    - `core_*` (depth ≥ `core_margin_mm`) and `ends_*` (inside the span, within the margin of an end):
+      mean distances from the result's surface to the reference's (`surface_to_truth`) and back
+      (`truth_to_surface`); the result's surface past the ends counts to `ends_surface_to_truth_mm`.
+    - `overrun_mm`: how far the result's surface reaches past the span's ends (its largest −depth, 0
+      when it stays inside), `reference_overrun_mm` the same for the reference.
+    """
+    result_item, reference_item = _prepared(result, "result"), _prepared(reference, "reference")
+    boxes = np.array([box for box in (_bounds_of(result_item), _bounds_of(reference_item)) if box is not None])
+    if len(boxes) < 2:
+        raise InputError("compare_in_span needs meshes or Phantoms, not bare SDF callables")
+    union = np.column_stack([boxes[:, 0::2].min(axis=0), boxes[:, 1::2].max(axis=0)]).ravel()
+    voxel = default_dice_voxel_mm(union) if voxel_mm is None else float(voxel_mm)
+    shape, origin, spacing = grid_over_bounds(union, voxel, margin_voxels=2)
+    masks = [_occupancy(item, shape, origin, spacing).ravel() for item in (result_item, reference_item)]
+    in_span = depth(_grid_nodes(shape, origin, spacing)) >= 0
+
+    def dice_of(a, b):
+        total = np.count_nonzero(a) + np.count_nonzero(b)
+        return float(2.0 * np.count_nonzero(a & b) / total) if total else 0.0
+
+    result_surface, reference_surface = _as_surface(result, "result"), _as_surface(reference, "reference")
+    result_seed, reference_seed = np.random.SeedSequence(seed).spawn(2)
+    on_result = sample_points_on_mesh(result_surface, n_samples, seed=result_seed)
+    on_reference = sample_points_on_mesh(reference_surface, n_samples, seed=reference_seed)
+    forward = distances_to_surface(on_result, reference_surface)
+    backward = distances_to_surface(on_reference, result_surface)
+    result_depth, reference_depth = depth(on_result), depth(on_reference)
+
+    def mean(values, where):
+        return float(values[where].mean()) if np.any(where) else None
+
+    def overrun(values):
+        past = values[np.isfinite(values)]
+        return float(max(0.0, -past.min())) if len(past) else 0.0
+
+    return {
+        "dice": dice_of(masks[0], masks[1]),
+        "span_dice": dice_of(masks[0] & in_span, masks[1] & in_span),
+        "asd_mm": float(np.concatenate([forward, backward]).mean()),
+        "hd95_mm": float(max(np.percentile(forward, 95), np.percentile(backward, 95))),
+        "core_surface_to_truth_mm": mean(forward, result_depth >= core_margin_mm),
+        "core_truth_to_surface_mm": mean(backward, reference_depth >= core_margin_mm),
+        "ends_surface_to_truth_mm": mean(forward, result_depth < core_margin_mm),
+        "ends_truth_to_surface_mm": mean(backward, (reference_depth >= 0) & (reference_depth < core_margin_mm)),
+        "overrun_mm": overrun(result_depth),
+        "reference_overrun_mm": overrun(reference_depth),
+    }

@@ -374,7 +374,9 @@ def _fit_separate(walls, config, normalization, bounds, device, progress, progre
             progress(FitProgress(update.iteration + offset, config.max_iterations * len(walls), update.loss,
                                  time.perf_counter() - start))
 
-        part = fit_points(wall_points, config, warm_start=start_sdf, device=device,
+        # the walls' points as they are, like the joint modes' fits (the loft of clicks on slices is
+        # not applied to nested walls yet)
+        part = fit_points(wall_points, replace(config, slices="off"), warm_start=start_sdf, device=device,
                           progress=shifted if progress is not None else None, progress_every=progress_every,
                           cancel_event=cancel_event)
         if part.sdf.normalization != normalization:

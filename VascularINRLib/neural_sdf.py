@@ -22,9 +22,11 @@ class NeuralSDF:
         points_bounds_mm: Sequence[float],
         output_names: Optional[Sequence[str]] = None,
         far_field_bound=None,
+        end_caps=None,
     ):
         self.network = network.eval()
         self.far_field_bound = far_field_bound  # a far_field.FarFieldBound, or None
+        self.end_caps = end_caps if end_caps is not None and len(end_caps) else None  # an end_caps.EndCaps
         self.normalization = normalization
         self.points_bounds_mm = np.asarray(points_bounds_mm, dtype=np.float64).reshape(6)
         outputs = network.config["outputs"]
@@ -54,6 +56,8 @@ class NeuralSDF:
         values = self.sdf_net_units(points_net)
         if self.far_field_bound is not None:
             values = np.maximum(values, self.far_field_bound(points_net)[:, None])
+        if self.end_caps is not None:
+            values = np.maximum(values, self.end_caps(points_net)[:, None])
         values = values * self.normalization.scale_mm
         return values if output is None else values[:, output]
 

@@ -288,6 +288,11 @@ def aaa_lumen() -> Phantom:
     return Phantom("aaa", _aaa_lumen_tubes())
 
 
+def aaa_centrelines() -> List[np.ndarray]:
+    """The AAA lumen phantom's centrelines (aorta, then the two iliacs), (K, 3) mm each."""
+    return [tube.nodes.copy() for tube in _aaa_lumen_tubes()]
+
+
 def _thickened(tube: Tube, thickness: np.ndarray, shift: Optional[np.ndarray] = None) -> Tube:
     """A tube holding `tube` with a gap >= thickness: nodes moved by shift, radii grown by |shift| + thickness."""
     shift = np.zeros_like(tube.nodes) if shift is None else shift

@@ -22,7 +22,14 @@ class DuplicatePointsWarning(UserWarning):
 
 
 def check_points(points, min_points: int = 10, source: Optional[str] = None) -> np.ndarray:
-    """Return a cleaned float64 (N,3) copy of `points` (mm), or raise InputError.
+    """Return a cleaned float64 (N,3) copy of `points` (mm), or raise InputError (see
+    `check_points_and_index`)."""
+    return check_points_and_index(points, min_points, source)[0]
+
+
+def check_points_and_index(points, min_points: int = 10, source: Optional[str] = None):
+    """Return a cleaned float64 (N,3) copy of `points` (mm) and the index of each kept point in
+    `points`, or raise InputError.
 
     Near-duplicates (closer than 1e-6 x the bounding-box diagonal) are merged, keeping the first
     of each group, with a DuplicatePointsWarning. Rejected: a shape other than (N,3), NaN/inf,
@@ -44,7 +51,7 @@ def check_points(points, min_points: int = 10, source: Optional[str] = None) -> 
     if len(points) > 1 and np.all(points == points[0]):
         raise InputError(f"{prefix}all {len(points)} points are identical")
     diagonal = float(np.linalg.norm(points.max(axis=0) - points.min(axis=0))) if len(points) else 0.0
-    points = _merge_duplicates(points, DUPLICATE_TOLERANCE * diagonal, prefix)
+    points, kept = _merge_duplicates(points, DUPLICATE_TOLERANCE * diagonal, prefix)
     if len(points) < min_points:
         raise InputError(f"{prefix}only {len(points)} distinct point(s); at least {min_points} are needed")
     if diagonal < MIN_DIAGONAL_MM:
@@ -54,24 +61,27 @@ def check_points(points, min_points: int = 10, source: Optional[str] = None) -> 
         raise InputError(f"{prefix}the points span {diagonal:.3g} mm (bounding-box diagonal): "
                          f"are the points in micrometres or another unit? VascularINR expects millimetres")
     _reject_flat(points, prefix)
-    return points
+    return points, kept
 
 
-def _merge_duplicates(points: np.ndarray, tolerance: float, prefix: str) -> np.ndarray:
-    """Keep the first point of each group of points chained closer than `tolerance`."""
+def _merge_duplicates(points: np.ndarray, tolerance: float, prefix: str):
+    """Keep the first point of each group of points chained closer than `tolerance`; also return
+    the kept points' indices."""
     _, first_of_exact = np.unique(points, axis=0, return_index=True)
-    distinct = points[np.sort(first_of_exact)]
+    kept = np.sort(first_of_exact)
+    distinct = points[kept]
     pairs = cKDTree(distinct).query_pairs(tolerance, output_type="ndarray")
     if len(pairs):
         graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(distinct),) * 2)
         _, group = connected_components(graph, directed=False)
         _, first_of_group = np.unique(group, return_index=True)
-        distinct = distinct[np.sort(first_of_group)]
+        kept = kept[np.sort(first_of_group)]
+        distinct = points[kept]
     merged = len(points) - len(distinct)
     if merged:
         warnings.warn(f"{prefix}merged {merged} duplicate point(s) (closer than {tolerance:.3g} mm); "
-                      f"{len(distinct)} remain", DuplicatePointsWarning, stacklevel=3)
-    return distinct
+                      f"{len(distinct)} remain", DuplicatePointsWarning, stacklevel=4)
+    return distinct, kept
 
 
 def _reject_flat(points: np.ndarray, prefix: str) -> None:

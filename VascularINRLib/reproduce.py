@@ -5,6 +5,9 @@
 2. Nested walls: separate vs joint vs guaranteed on `phantoms.aaa_nested()` (and, in the standard and
    full plans, the sv_demo aorta lumen with synthetic walls pushed out by a thickness that varies along z).
 3. Blending: vessels fitted separately and blended, compared with the blended models of the data.
+4. Clicks on slices (beyond the paper, `realistic.py`): the simulated annotator's clicks (a few per
+   contour, every S mm, σ mm of error in the slice plane) fitted with the loft and as plain points,
+   judged in the clicked span; Dice against S, k and σ in a figure.
 
 Everything goes into one folder: results.json, results.md (tables, the exact command, the machine)
 and PNGs. A plan (`PLANS`) says how much is run; its `cuts` say what it cut compared with `full`.
@@ -51,6 +54,14 @@ class Plan:
     cuts: List[str] = field(default_factory=list)
     paper_counts: Optional[List[int]] = None  # None: `counts`
     paper_seeds: Optional[int] = None  # None: `seeds`
+    # 4. clicks on slices: seeds, the named cases run (substrings of their names; None: all), the sweeps,
+    # an iteration cap (None: the preset's plan), mesh resolution and distance samples per surface
+    click_seeds: int = 3
+    click_cases: Optional[List[str]] = None
+    click_sweeps: bool = True
+    click_iterations: Optional[int] = None
+    click_resolution: int = 256
+    click_samples: int = 10000
 
     def runs_of(self, preset: str):
         """(counts, seeds) of a preset: the paper preset may run on fewer."""
@@ -63,13 +74,15 @@ class Plan:
 PLANS = {
     "full": Plan("full", [50, 100, 200, 400, 800], 20, None, None, 2000, 192, None,
                  200, None, 192, 1.0, True, None, 400, None, 0.5,
-                 ["paper preset capped at 2,000 of its 25,000 iterations (25,000 take ~20 min per fit on 2 cores)"]),
+                 ["paper preset capped at 2,000 of its 25,000 iterations (25,000 take ~20 min per fit on 2 cores)"],
+                 click_seeds=5),
     # ~25 min on a 2-core CPU (23 min measured, 2026-11-29); full but for seeds and the paper preset.
     "standard": Plan("standard", [50, 100, 200, 400, 800], 3, None, None, 400, 192, None,
                      200, None, 192, 1.0, True, None, 400, None, 0.5,
                      ["3 seeds per N instead of 20",
                       "paper preset: N in {100, 400} only (not 50, 200, 800), 1 seed instead of 20, capped at 400 "
-                      "of its 25,000 iterations instead of 2,000 (~0.2-0.25 s per iteration on one core)"],
+                      "of its 25,000 iterations instead of 2,000 (~0.2-0.25 s per iteration on one core)",
+                      "clicks on slices: 3 seeds per case instead of 5"],
                      paper_counts=[100, 400], paper_seeds=1),
     "quick": Plan("quick", [100, 400], 1, ["AAA phantom", "vmtk aorta (bifurcation)"], 300, 100, 128, 1.0,
                   200, 300, 128, 2.0, False, ["sv_demo aorta + right iliac"], 400, 300, 1.0,
@@ -81,13 +94,18 @@ PLANS = {
                    "nested: 200 points per wall, 300 iterations, nesting checked on a 2 mm grid; "
                    "no real lumen with synthetic walls",
                    "blending: the sv_demo pair only (not vmtk segment-0 + segment-1), fitted at 300 iterations, "
-                   "1 mm blend grid"]),
+                   "1 mm blend grid",
+                   "clicks on slices: the AAA phantom's and the vmtk bifurcation's 5 mm cases, 1 seed, no sweeps, "
+                   "meshes at 192 nodes"],
+                  click_seeds=1, click_cases=["AAA phantom, axial", "vmtk, coronal every 5 mm"], click_sweeps=False,
+                  click_resolution=192, click_samples=5000),
     # For the test suite: seconds, the phantoms only.
     "tiny": Plan("tiny", [50, 100], 1, ["AAA phantom"], 60, 10, 64, 2.0,
                  100, 60, 64, 3.0, False, ["sv_demo aorta + right iliac"], 200, 60, 2.0,
                  ["the test suite's plan: phantom only, 60 / 10 iterations, coarse grids; "
-                  "paper preset at N = 100 only"],
-                 paper_counts=[100]),
+                  "paper preset at N = 100 only; clicks: the phantom's axial case, 1 seed, 60 iterations"],
+                 paper_counts=[100], click_seeds=1, click_cases=["AAA phantom, axial"], click_sweeps=False,
+                 click_iterations=60, click_resolution=64, click_samples=2000),
 }
 
 REAL_SHAPES = {  # name: path under the data folder (sv_demo lumens are added by glob)
@@ -441,6 +459,28 @@ def run_blending(data, plan: Plan, folder: Path, log) -> dict:
     return {"runs": rows}
 
 
+# --- 4. clicks on slices --------------------------------------------------------------------------
+
+def run_clicks(data, plan: Plan, folder: Path, log) -> dict:
+    from . import realistic
+
+    cases = [case for case in realistic.CASES
+             if plan.click_cases is None or any(text in case.name for text in plan.click_cases)]
+    shape = "vmtk" if data is not None and (data / realistic.SHAPES["vmtk"][1]).is_file() else "aaa"
+    if plan.click_sweeps:
+        cases += realistic.sweep_cases(shape, "y" if shape == "vmtk" else "z")
+    rows = realistic.run_clicks(data, cases, plan.click_seeds, lambda message: _say(log, message),
+                                plan.click_iterations, plan.click_resolution, plan.click_samples)
+    entries = realistic.medians(rows)
+    figure = None
+    if plan.click_sweeps:
+        figure = realistic.plot_sweeps(entries, folder / "clicks_sweeps.png",
+                                       f"Clicks on slices: {realistic.SHAPES[shape][0]}, span Dice against S, k, σ "
+                                       f"(median of {plan.click_seeds} seed(s))")
+    return {"cases": [asdict(case) for case in cases], "seeds": plan.click_seeds, "runs": rows, "medians": entries,
+            "figure": None if figure is None else Path(figure).name}
+
+
 # --- the report ------------------------------------------------------------------------------------
 
 def _f(value, digits) -> str:
@@ -521,6 +561,20 @@ def markdown(results: dict) -> str:
         lines += [""] + [f"![{row['figure']}]({row['figure']})" for row in b["runs"]]
     else:
         lines.append("Not run (no data).")
+    c = results.get("clicks")
+    if c is not None:
+        from .realistic import table
+        lines += ["", "## 4. Clicks on slices (beyond the paper)", "",
+                  f"The simulated annotator (annotator.py) slices each reference every S mm and clicks k points "
+                  f"on every contour with σ mm of error in the slice plane. `loft`: the tool's default (contours "
+                  f"through each slice's clicks, flat ends where the clicks end); `points`: the clicks fitted as "
+                  f"plain points. Judged where the user clicked (metrics.compare_in_span): span Dice over the "
+                  f"clicked span, Dice over the whole reference, mean distances in the span's core (over 5 mm "
+                  f"from its ends) and at its ends, how far the surface runs past the first and last slice (the "
+                  f"reference's own run past them in brackets). Medians over {c['seeds']} seed(s).", ""]
+        lines += table(c["medians"])
+        if c.get("figure"):
+            lines += ["", f"![{c['figure']}]({c['figure']})"]
     return "\n".join(lines) + "\n"
 
 
@@ -544,7 +598,8 @@ def run(output, data: Optional[Path] = None, plan: str = "quick", command: Optio
     results = {"command": command or f"vascular-inr reproduce -o {folder}", "plan": asdict(chosen),
                "data": None if data is None else str(data), "machine": machine_info()}
     timings = {}
-    for part, function in [("robustness", run_robustness), ("nested", run_nested), ("blending", run_blending)]:
+    for part, function in [("robustness", run_robustness), ("nested", run_nested), ("blending", run_blending),
+                           ("clicks", run_clicks)]:
         part_start = time.perf_counter()
         results[part] = function(data, chosen, folder, log)
         timings[part] = round(time.perf_counter() - part_start, 1)

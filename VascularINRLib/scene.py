@@ -58,6 +58,7 @@ POINT_LIST_CLASSES = ("vtkMRMLMarkupsFiducialNode", "vtkMRMLMarkupsCurveNode")
 POINT_EVENTS = ("PointAddedEvent", "PointModifiedEvent", "PointRemovedEvent", "PointPositionDefinedEvent",
                 "PointPositionUndefinedEvent")
 MIN_POINTS = 10
+CLICK_ERROR_VOXELS = 0.5  # a click misses the wall by about half a voxel (σ), in the slice plane
 
 
 @dataclass
@@ -78,6 +79,16 @@ class Status:
     message: str
     progress: Optional[float] = None
     key: Optional[str] = None
+
+
+@dataclass
+class ClickHints:
+    """What the scene tells about clicks: `noise_mm`, the σ of a click's error (half the voxel of the
+    volume the slice views show; None without a volume), and `directions`, the normals of the slice
+    views (the x, y and z axes are always among them): clicks made in a view share its plane."""
+
+    noise_mm: Optional[float] = None
+    directions: List[List[float]] = field(default_factory=lambda: np.eye(3).tolist())
 
 
 @dataclass
@@ -156,15 +167,21 @@ def _summary(fit_report: dict, surface_reports: Dict[str, dict]) -> dict:
     return {"fit": fit_report, "surfaces": surface_reports}
 
 
-def fit_job(points_mm: np.ndarray, settings: FitSettings, warm_text: Optional[str],
+def fit_job(points_mm: np.ndarray, settings: FitSettings, warm_text: Optional[str], hints: "ClickHints",
             cancel_event: threading.Event, report) -> _Outcome:
-    """Fit one point list and mesh it."""
+    """Fit one point list and mesh it. `hints`: what the scene says about the clicks (the error a
+    click has on its volume, the planes of the slice views)."""
     from .fitting import fit_points, preset
+    from .slices import detect
     from .surface import extract_surface
-    config = preset(settings.preset, **settings.overrides)
+    overrides = dict(settings.overrides)
+    if hints.noise_mm is not None:
+        overrides.setdefault("point_noise_mm", hints.noise_mm)
+    config = preset(settings.preset, **overrides)
     warm = decode_network(warm_text) if warm_text else None
     report(0.0, "fitting", True)
-    result = fit_points(points_mm, config, warm_start=warm, device=settings.device,
+    planes = detect(points_mm, hints.directions) if config.slices == "auto" else None
+    result = fit_points(points_mm, config, slices=planes, warm_start=warm, device=settings.device,
                         progress=_fit_progress(report, 0.0, 0.9), progress_every=25, cancel_event=cancel_event)
     _check_cancel(cancel_event)
     report(0.9, "meshing", True)
@@ -317,6 +334,32 @@ class SceneLogic:
                              f"(at least {MIN_POINTS} on the vessel wall are needed)")
         return check_points(points, MIN_POINTS, source=f"'{node.GetName()}'")
 
+    def click_hints(self) -> ClickHints:
+        """The slice views' normals and half the voxel of the volume they show (the background of the
+        first view that shows one, else the scene's first scalar volume)."""
+        self._require_main_thread()
+        directions = np.eye(3).tolist()
+        for index in range(self.scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
+            matrix = self.scene.GetNthNodeByClass(index, "vtkMRMLSliceNode").GetSliceToRAS()
+            normal = [matrix.GetElement(row, 2) for row in range(3)]
+            if np.linalg.norm(normal) > 0:
+                directions.append(normal)
+        volume = None
+        for index in range(self.scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+            volume_id = self.scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode").GetBackgroundVolumeID()
+            volume = self.scene.GetNodeByID(volume_id) if volume_id else None
+            if volume is not None and volume.IsA("vtkMRMLScalarVolumeNode"):
+                break
+            volume = None
+        if volume is None and self.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"):
+            volume = self.scene.GetNthNodeByClass(0, "vtkMRMLScalarVolumeNode")
+        noise = None
+        if volume is not None:
+            spacing = sorted(float(value) for value in volume.GetSpacing())
+            if all(np.isfinite(spacing)) and spacing[0] > 0:
+                noise = round(CLICK_ERROR_VOXELS * 0.5 * (spacing[0] + spacing[1]), 4)
+        return ClickHints(noise, directions)
+
     # --- models -------------------------------------------------------------------------------------
 
     def models(self, structure: Optional[str] = None) -> list:
@@ -411,7 +454,7 @@ class SceneLogic:
         self._last_points[key] = points
         warm_text = model_node.GetAttribute(ATTRIBUTE_NETWORK) if model_node is not None else None
         task = _Task(key, "fit", points_node.GetName(), [points_node], {"vessel": model_node})
-        job = functools.partial(fit_job, points, self._settings_snapshot(), warm_text)
+        job = functools.partial(fit_job, points, self._settings_snapshot(), warm_text, self.click_hints())
         self._submit(task, job)
         self._set_status("scheduled", f"Fit of '{points_node.GetName()}' ({len(points)} points) scheduled",
                          0.0, key)
@@ -679,6 +722,10 @@ class SceneLogic:
         if residual is not None:
             worst = max(residual.values()) if isinstance(residual, dict) else residual
             details.append(f"mean |SDF| at the points {worst:.2f} mm")
+        lofted = fit.get("slices")
+        if lofted:
+            details.append(f"{lofted['contours']} contours on {lofted['slices']} slices, "
+                           f"{lofted['end_caps']} flat end(s)")
         return f"{names} updated" + (f": {', '.join(details)}" if details else "")
 
     # --- scene events -------------------------------------------------------------------------
@@ -732,6 +779,6 @@ def _sentence(error: BaseException) -> str:
     return text[0].upper() + text[1:]
 
 
-__all__ = ["SceneLogic", "FitSettings", "Status", "encode_network", "decode_network", "describe_device",
+__all__ = ["SceneLogic", "FitSettings", "Status", "ClickHints", "encode_network", "decode_network", "describe_device",
            "STRUCTURE_COLOURS", "NESTED_WALLS", "NESTED_MODES", "COORDINATE_SYSTEMS", "EXPORT_FORMATS",
            "ATTRIBUTE_NETWORK", "ATTRIBUTE_REPORT", "ATTRIBUTE_STRUCTURE", "REFERENCE_POINTS"]

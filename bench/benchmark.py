@@ -74,6 +74,7 @@ from VascularINRLib.surface import extract_surface  # noqa: E402
 
 TARGET_DICE = 0.95
 DEFAULT_OUTPUT = REPO_ROOT / "bench" / "out" / "benchmark"
+SLICE_AXES = {"aaa": "z", "sv_aorta": "z", "vmtk_aorta": "y"}  # the views across each shape: axial, coronal
 # key: (label, file under the data folder; None = the built-in AAA phantom)
 SHAPES = {
     "aaa": ("AAA phantom", None),
@@ -110,6 +111,11 @@ class Settings:
     distance_samples: int = 20000
     target_dice: float = TARGET_DICE
     point_noise_mm: float = 0.0  # Gaussian noise σ (mm) on every coordinate of the points, as clicks have
+    # The realistic protocol: clicks on slices every this many mm (annotator.click_slices, along the shape's
+    # axis in SLICE_AXES), `clicks_per_contour` on each contour, point_noise_mm in the slice plane only;
+    # None: N area-uniform points
+    slice_spacing_mm: Optional[float] = None
+    clicks_per_contour: int = 6
     device: str = "cpu"
     threads: Union[int, str, None] = None  # fast's torch threads; None: the preset's own ("auto": timed per fit)
     paper_threads: Optional[int] = None  # None: torch's default (every core), the paper network's fastest
@@ -218,6 +224,13 @@ class Checkpoints:
 
 # --- one fit -------------------------------------------------------------------------------------------
 
+def clicked_points(shape: "Shape", seed: int, settings: "Settings") -> np.ndarray:
+    """The realistic protocol's points: the simulated annotator's clicks on slices across the shape."""
+    from VascularINRLib.annotator import click_slices
+    return click_slices(shape.mesh, settings.slice_spacing_mm, settings.clicks_per_contour, settings.point_noise_mm,
+                        SLICE_AXES[shape.key], seed).points
+
+
 def benchmark_points(mesh, count: int, seed: int, noise_mm: float) -> np.ndarray:
     """`count` points on the reference surface, with Gaussian noise of σ `noise_mm` on every coordinate."""
     points = sample_points_on_mesh(mesh, count, seed=seed)
@@ -323,6 +336,7 @@ def run_fit(shape: Shape, grid: ReferenceGrid, points: np.ndarray, name: str, se
         "extract_preview_s": None, "extract_export_s": None,
         "refit_fit_s": None, "refit_extract_s": None, "refit_total_s": None,
         "warnings": sorted({str(w.message) for w in caught}),
+        "slices": result.slices,  # the loft's report when the points were clicks on slices
         "curve": curve,
     }
     if name == "fast" or settings.paper_surface:
@@ -388,10 +402,12 @@ def summarise(runs: List[dict], settings: Settings) -> List[dict]:
     summary = []
     groups = {}
     for run in runs:
-        groups.setdefault((run["shape"], run["points"]), []).append(run)
+        groups.setdefault((run["shape"], run.get("group", run["points"])), []).append(run)
     for (shape, count), group in groups.items():
         fast = {r["seed"]: r for r in group if r["preset"] == "fast"}
         paper = {r["seed"]: r for r in group if r["preset"] == "paper"}
+        if count == "clicks":  # clicks on slices: N varies with the seed
+            count = f"{statistics.median(r['points'] for r in group):g} clicks (median)"
         row = {"shape": shape, "shape_label": group[0]["shape_label"], "points": count,
                "seeds": len({r["seed"] for r in group})}
         for name, by_seed in (("fast", fast), ("paper", paper)):
@@ -487,7 +503,11 @@ def report_text(result: dict) -> str:
         f"(metrics.compare); refit: +{settings.refit_points} points, warm start, "
         f"{settings.refit_iterations or PRESETS['fast'].warm_start_iterations} iterations, "
         f"then {settings.preview_resolution}³ extraction.",
-        (f"Points: on the reference surface, with Gaussian noise of σ {settings.point_noise_mm:g} mm on every "
+        (f"Points: clicks on slices (annotator.click_slices) every {settings.slice_spacing_mm:g} mm across each "
+         f"shape ({', '.join(f'{k} {v}' for k, v in SLICE_AXES.items())}), {settings.clicks_per_contour} a contour, "
+         f"σ {settings.point_noise_mm:g} mm in the slice plane; N is the number of clicks. The refit's "
+         f"{settings.refit_points} extra points are uniform." if settings.slice_spacing_mm else
+         f"Points: on the reference surface, with Gaussian noise of σ {settings.point_noise_mm:g} mm on every "
          f"coordinate." if settings.point_noise_mm > 0 else "Points: exactly on the reference surface (no noise)."),
         "",
         "Per fit:",
@@ -597,7 +617,8 @@ def run_benchmark(settings: Settings, data_dir: Path, output_dir: Path, command:
     if warm_up_s is not None:
         log(f"warm-up: {WARM_UP_ITERATIONS} iterations of {', '.join(settings.presets)} in {warm_up_s:.1f} s")
     runs, shape_info = [], []
-    total = len(shapes) * len(settings.points) * len(settings.seeds) * len(settings.presets)
+    counts = [None] if settings.slice_spacing_mm else settings.points  # None: the clicks on slices
+    total = len(shapes) * len(counts) * len(settings.seeds) * len(settings.presets)
     done = 0
     for shape in shapes:
         grid_started = time.perf_counter()
@@ -605,14 +626,16 @@ def run_benchmark(settings: Settings, data_dir: Path, output_dir: Path, command:
         shape_info.append({"key": shape.key, "label": shape.label, "source": shape.source,
                            "bounds_mm": [round(v, 3) for v in shape.mesh.GetBounds()], "grid": grid.describe()})
         log(f"{shape.label}: reference grid {grid.describe()} in {time.perf_counter() - grid_started:.1f} s")
-        for count in settings.points:
+        for count in counts:
             for seed in settings.seeds:
-                points = benchmark_points(shape.mesh, count, seed, settings.point_noise_mm)
+                points = (clicked_points(shape, seed, settings) if count is None else
+                          benchmark_points(shape.mesh, count, seed, settings.point_noise_mm))
                 for name in settings.presets:
                     done += 1
                     run = run_fit(shape, grid, points, name, seed, settings)
+                    run["group"] = "clicks" if count is None else count  # the summary's rows: per shape and N
                     runs.append(run)
-                    log(f"[{done}/{total}] {shape.label} N={count} seed {seed} {name}: {run['iterations']} it "
+                    log(f"[{done}/{total}] {shape.label} N={len(points)} seed {seed} {name}: {run['iterations']} it "
                         f"({run['stopped_because']}) in {run['fit_s']:.1f} s, t→{settings.target_dice:g} "
                         f"{_cell(run['time_to_target_s'], 1)} s, Dice end (grid) {run['dice_end_grid']:.3f}")
     machine["load_average_end"] = _load_average()
@@ -675,6 +698,10 @@ def parse_args(argv=None):
                              f"measured fit carries torch's start-up (default: on)")
     tuning.add_argument("--point-noise-mm", type=noise_mm, metavar="MM",
                         help="Gaussian noise σ in mm on every coordinate of the points, as clicks have (default 0)")
+    tuning.add_argument("--slice-spacing-mm", type=float, metavar="S",
+                        help="the realistic protocol: clicks on slices every S mm across each shape (axial; coronal "
+                             "for the vmtk aorta) instead of N uniform points, with --point-noise-mm in the plane")
+    tuning.add_argument("--clicks-per-contour", type=int, metavar="K", help="clicks on each contour (default 6)")
     tuning.add_argument("--checkpoint-every", type=int)
     tuning.add_argument("--grid-voxels", type=int, help="voxels of the checkpoint Dice grid (default 100000)")
     tuning.add_argument("--preview-resolution", type=int)
@@ -693,7 +720,8 @@ def settings_from_args(args) -> Settings:
                  "fast_points_per_step", "fast_light_iterations", "fast_iterations_per_elongation_squared",
                  "fast_lr_schedule", "fast_point_noise_mm",
                  "paper_surface", "checkpoint_every", "grid_voxels", "preview_resolution", "export_resolution",
-                 "refit_iterations", "dice_voxel_mm", "distance_samples", "device", "warm_up", "point_noise_mm"):
+                 "refit_iterations", "dice_voxel_mm", "distance_samples", "device", "warm_up", "point_noise_mm",
+                 "slice_spacing_mm", "clicks_per_contour"):
         value = getattr(args, name)
         if value is not None and value != getattr(settings, name):
             setattr(settings, name, value)

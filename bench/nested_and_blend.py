@@ -1,4 +1,5 @@
-"""The numbers of README.md's nested-wall and blending tables: nested walls per mode, and blends of real vessels.
+"""The nested-wall and blending tables (docs/nested_and_blending.md): nested walls per mode, blends of real
+vessels.
 
     python bench/nested_and_blend.py nested [--points 200] [--modes separate joint guaranteed]
     python bench/nested_and_blend.py blend [--data ../shared/data] [--k 1 none] [--voxel 0.5]
