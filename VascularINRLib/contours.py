@@ -276,9 +276,10 @@ def _fit_window(contours: List[Contour], sigma_mm: float) -> dict:
         # coordinate descent over the three weights: twice at the start, once at the end (between, the
         # clicks' t settle and the weights stay)
         sweeps = 2 if iteration == 0 else 1 if iteration == PARAMETER_ITERATIONS - 1 else 0
-        for which, grid in [(which, grid) for _ in range(sweeps) for which, grid in enumerate(grids)]:
+        for which, grid in [(which, grid) for _ in range(sweeps) for which, grid in enumerate(grids)
+                             if len(grid) > 1]:  # a single contour has no smoothing to choose
             risk, weights[which], solution, dof = sweep(gram_design, right, observed_squares, weights, which, grid)
-        if not sweeps:
+        if not sweeps or all(len(grid) == 1 for grid in grids):
             risk, _, solution, dof = sweep(gram_design, right, observed_squares, weights, 2, [weights[2]])
         best = (risk, solution, tuple(weights), dof)
         parameters = [_nearest_parameters(solution[i * width:(i + 1) * width], c.clicks)

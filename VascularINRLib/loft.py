@@ -32,9 +32,9 @@ from scipy.spatial import cKDTree
 
 from .contours import Contour, Frame, curve_points, fit_chain, harmonic_order, sample_curve
 from .end_caps import LENGTH_FACTOR
-from .slices import PLANE_TOLERANCE_MM, SlicePlanes
+from .slices import SlicePlanes
 
-PARALLEL = 1.0 - 1e-4  # |n·m| above this: the same family of slices
+PARALLEL = 1.0 - 1e-9  # |n·m| above this: the same family of slices (a view scrolled keeps its normal)
 MIN_CLICKS_PER_CONTOUR = 3
 LINKAGE_FACTOR = 1.6  # clicks closer than this × the slice's typical click spacing outline one lumen
 SPLIT_RESIDUAL_MM = 0.5  # a group fitted worse than this (and 2σ) may be two lumens
@@ -45,7 +45,7 @@ GUARD_FACTOR = 2.0  # no cap where a click lies beyond it in a cylinder this man
 MAX_ORDER = 3
 TOUCH_MM = 1.0  # curves on one slice closer than this (+ 2σ) describe lumens meeting
 MAX_GAP_DEGREES = 160.0  # clicks with a wider gap around the curve's centre outline an arc, not a lumen
-ON_PLANE_MM = 10 * PLANE_TOLERANCE_MM  # a click this close to a plane lies on it
+ON_PLANE_MM = 0.1  # a click this close to a plane lies on it
 
 
 @dataclass
@@ -97,9 +97,19 @@ def _families(slices: SlicePlanes, points: np.ndarray) -> List[dict]:
 
 
 def _fit_one(clicks: np.ndarray, sigma: float, order: Optional[int] = None) -> Contour:
-    contour = Contour(0, clicks, 0.0, harmonic_order(len(clicks)) if order is None else order)
-    fit_chain([contour], sigma)
-    return contour
+    """One contour fitted alone (remembered: splitting, joining and choosing the order ask again)."""
+    order = harmonic_order(len(clicks)) if order is None else order
+    key = (np.ascontiguousarray(clicks).tobytes(), float(sigma), int(order))
+    if key not in _FITTED:
+        if len(_FITTED) > 4096:
+            _FITTED.clear()
+        contour = Contour(0, clicks, 0.0, order)
+        fit_chain([contour], sigma)
+        _FITTED[key] = contour
+    return _FITTED[key]
+
+
+_FITTED: Dict[tuple, Contour] = {}
 
 
 def _good_fit(sigma: float) -> float:
