@@ -107,7 +107,7 @@ def fit_clicks(clicks, method: str, seed: int, iterations: Optional[int] = None,
     planes = SlicePlanes(clicks.slice_of_point, clicks.plane_origins, clicks.plane_normals)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = fit_points(clicks.points, config, slices=planes if method == "loft" else None, device="cpu")
+        result = fit_points(clicks.points, config, slices=planes if method == "loft" else None, device="auto")
         surface = extract_surface(result.sdf, resolution=resolution, points_mm=result.points_mm)
     row = {"iterations": int(result.iterations), "fit_seconds": round(result.fit_seconds, 2),
            "components": int(surface.report["components"]), "watertight": bool(surface.report["watertight"])}
