@@ -66,7 +66,7 @@ def test_bad_slice_planes_are_refused():
 
 def test_four_clicks_give_a_round_outline_not_a_polygon():
     clicks = _ring((1.0, -2.0), 6.0, 4, phase=0.3)[:, :2]
-    contour = contours.Contour(0, clicks, 0.0, contours.harmonic_order(4))
+    contour = contours.Contour(clicks, 0.0, contours.harmonic_order(4))
     contours.fit_chain([contour], 0.0)
     ring = contours.sample_curve(contour.coefficients, 0.5)
     distance = np.linalg.norm(ring - [1.0, -2.0], axis=1)
@@ -80,7 +80,7 @@ def test_a_chain_averages_the_clicks_error():
         z = 5.0 * i
         centre, radius = np.array([0.1 * z, 0.0]), 5.0 + 0.02 * z
         clicks = _ring(centre, radius, 6, rng.random())[:, :2] + rng.normal(scale=0.5, size=(6, 2))
-        chain.append(contours.Contour(i, clicks, z, contours.harmonic_order(6)))
+        chain.append(contours.Contour(clicks, z, contours.harmonic_order(6)))
         truth.append((centre, radius))
     contours.fit_chain(chain, 0.5)
     curve_error = [np.abs(np.linalg.norm(contours.sample_curve(c.coefficients) - centre, axis=1) - radius).mean()

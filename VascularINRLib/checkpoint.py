@@ -32,7 +32,7 @@ def checkpoint_dict(sdf: NeuralSDF, report: Optional[dict] = None) -> dict:
         "points_bounds_mm": [float(v) for v in sdf.points_bounds_mm],
         "output_names": list(sdf.output_names),
         "far_field_bound": sdf.far_field_bound.as_dict() if sdf.far_field_bound is not None else None,
-        "end_caps": sdf.end_caps.as_dict() if getattr(sdf, "end_caps", None) is not None else None,
+        "end_caps": sdf.end_caps.as_dict() if sdf.end_caps is not None else None,
         "report": _plain(report or {}),
     }
 

@@ -74,7 +74,6 @@ class Frame:
 class Contour:
     """The clicks of one lumen outline on one slice, and the curve fitted to them."""
 
-    slice: int
     clicks: np.ndarray  # (k, 2) in the slice frame
     level: float  # the slice's position along the family's normal (mm)
     order: int
@@ -166,7 +165,7 @@ def fit_chain(contours: List[Contour], sigma_mm: float, window: Optional[int] = 
                 best_window[i] = (centrality, start)
     reports = []
     for start in starts:
-        copies = [Contour(c.slice, c.clicks, c.level, c.order) for c in contours[start:start + window]]
+        copies = [Contour(c.clicks, c.level, c.order) for c in contours[start:start + window]]
         reports.append(_fit_window(copies, sigma_mm))
         for offset, copy in enumerate(copies):
             if best_window[start + offset][1] == start:

@@ -103,7 +103,7 @@ def _fit_one(clicks: np.ndarray, sigma: float, order: Optional[int] = None) -> C
     if key not in _FITTED:
         if len(_FITTED) > 4096:
             _FITTED.clear()
-        contour = Contour(0, clicks, 0.0, order)
+        contour = Contour(clicks, 0.0, order)
         fit_chain([contour], sigma)
         _FITTED[key] = contour
     return _FITTED[key]
@@ -347,7 +347,6 @@ def _build_loft(points_mm, slices, noise_mm, ring_spacing_mm, interpolation_mm, 
     ring_points, ring_radii, ring_gaps = [], [], []
     caps = []
     all_contours: List[Contour] = []
-    chain_reports = []
     contour_count = chain_count = interpolated = 0
     for family in _families(slices, points_mm):
         frame: Frame = family["frame"]
@@ -356,7 +355,7 @@ def _build_loft(points_mm, slices, noise_mm, ring_spacing_mm, interpolation_mm, 
         for number, slice_ in enumerate(family["slices"]):
             uv = frame.to_plane(points_mm[slice_.indices])
             for group in split_contours(uv, noise_mm, seed + number):
-                contour = Contour(number, uv[group], slice_.level, contour_order(uv[group], noise_mm))
+                contour = Contour(uv[group], slice_.level, contour_order(uv[group], noise_mm))
                 contours.append(contour)
                 members.append(slice_.indices[group])
         if not contours:
@@ -369,7 +368,7 @@ def _build_loft(points_mm, slices, noise_mm, ring_spacing_mm, interpolation_mm, 
         gap_at = {level: float(max(gaps[max(n - 1, 0)] if n > 0 else 0.0, gaps[n] if n < len(gaps) else 0.0))
                   for n, level in enumerate(levels)} if len(levels) > 1 else {levels[0]: 0.0}
         for chain in chains:
-            chain_reports.append(fit_chain([contours[i] for i in chain], noise_mm))
+            fit_chain([contours[i] for i in chain], noise_mm)
         trusted = _trusted(contours, successors, predecessors, noise_mm)
         for chain in chains:
             for i in chain:

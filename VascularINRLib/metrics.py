@@ -217,19 +217,25 @@ def distances_to_surface(points: np.ndarray, surface: vtk.vtkPolyData) -> np.nda
     return np.sqrt(out)
 
 
+def _sampled_distances(result: Shape, reference: Shape, n_samples: int, seed):
+    """Area-uniform samples of each surface and their distances to the other: (on the result, result →
+    reference, on the reference, reference → result)."""
+    result_surface = _as_surface(result, "result")
+    reference_surface = _as_surface(reference, "reference")
+    result_seed, reference_seed = np.random.SeedSequence(seed).spawn(2)
+    on_result = sample_points_on_mesh(result_surface, n_samples, seed=result_seed)
+    on_reference = sample_points_on_mesh(reference_surface, n_samples, seed=reference_seed)
+    return (on_result, distances_to_surface(on_result, reference_surface),
+            on_reference, distances_to_surface(on_reference, result_surface))
+
+
 def surface_distances(result: Shape, reference: Shape, n_samples: int = 20000, seed=0) -> Dict[str, float]:
     """Distances (mm) between area-uniform samples of each surface and the other surface's triangles.
 
     Meshes may be open. `asd_mm` is the mean over both sample sets, `hd95_mm` the larger of the two
     directed 95th percentiles and `hausdorff_mm` the largest distance.
     """
-    result_surface = _as_surface(result, "result")
-    reference_surface = _as_surface(reference, "reference")
-    result_seed, reference_seed = np.random.SeedSequence(seed).spawn(2)
-    forward = distances_to_surface(sample_points_on_mesh(result_surface, n_samples, seed=result_seed),
-                                    reference_surface)
-    backward = distances_to_surface(sample_points_on_mesh(reference_surface, n_samples, seed=reference_seed),
-                                     result_surface)
+    _, forward, _, backward = _sampled_distances(result, reference, n_samples, seed)
     return {
         "result_to_reference_mean_mm": float(forward.mean()),
         "reference_to_result_mean_mm": float(backward.mean()),
@@ -284,12 +290,7 @@ def compare_in_span(result: Shape, reference: Shape, depth: Callable[[np.ndarray
         total = np.count_nonzero(a) + np.count_nonzero(b)
         return float(2.0 * np.count_nonzero(a & b) / total) if total else 0.0
 
-    result_surface, reference_surface = _as_surface(result, "result"), _as_surface(reference, "reference")
-    result_seed, reference_seed = np.random.SeedSequence(seed).spawn(2)
-    on_result = sample_points_on_mesh(result_surface, n_samples, seed=result_seed)
-    on_reference = sample_points_on_mesh(reference_surface, n_samples, seed=reference_seed)
-    forward = distances_to_surface(on_result, reference_surface)
-    backward = distances_to_surface(on_reference, result_surface)
+    on_result, forward, on_reference, backward = _sampled_distances(result, reference, n_samples, seed)
     result_depth, reference_depth = depth(on_result), depth(on_reference)
 
     def mean(values, where):
