@@ -110,12 +110,14 @@ def test_blending_rows_when_the_data_is_there(tiny_run):
 def test_clicks_experiment_rows_medians_and_table(tiny_run):
     folder, results = tiny_run
     clicks = json.loads((folder / "results.json").read_text())["clicks"]
-    assert {row["method"] for row in clicks["runs"]} == {"loft", "points"}
+    assert {row["method"] for row in clicks["runs"]} == {"loft", "points", "image"}  # the phantom has its CT
     for row in clicks["runs"]:
         assert "error" not in row, row.get("error")
         assert 0.0 < row["span_dice"] <= 1.0 and row["components"] >= 1 and row["clicks"] > 0
     loft = [row for row in clicks["runs"] if row["method"] == "loft"][0]
     assert loft["slices"]["contours"] > 10 and loft["slices"]["end_caps"] >= 1
+    image = [row for row in clicks["runs"] if row["method"] == "image"][0]
+    assert image["image"]["used"] and image["image"]["surface_points"] > 0
     text = (folder / "results.md").read_text()
     assert "## 4. Clicks on slices" in text
     for entry in clicks["medians"]:

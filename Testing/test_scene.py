@@ -425,6 +425,31 @@ def test_clicks_on_a_slice_view_are_fitted_as_slices_with_the_volumes_voxel(scen
     assert "6 contours on 6 slices" in logic.status.message
 
 
+def test_the_volume_under_the_clicks_reaches_the_fit_in_ras(scene, logic):
+    """A click on the phantom CT's lumen wall samples the wall's intensity (half-way between the
+    contrast lumen's 300 HU and the tissue's 40) through the hints the fit gets; under a linear
+    transform the volume moves with it; unticked, no image goes to the fit."""
+    from test_web_app import _wall_points
+
+    volume = logic.add_phantom_ct(spacing_mm=(1.0, 1.0, 1.0))
+    phantom = phantoms.aaa_lumen()
+    wall = np.vstack([_wall_points(phantom, z) for z in (40.0, 60.0)])
+    centre = np.vstack([w.mean(axis=0) for w in np.split(wall, 2)])
+    hints = logic.click_hints(wall)
+    on_wall = hints.image.sample(wall)
+    assert 100 < np.median(on_wall) < 240 and np.all(hints.image.sample(centre) > 240)
+    assert hints.image.array.size < slicer.util.arrayFromVolume(volume).size  # cropped around the clicks
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(0, 3, 10.0)
+    transform.SetMatrixTransformToParent(matrix)
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    moved = wall + [10.0, 0.0, 0.0]
+    assert np.allclose(logic.click_hints(moved).image.sample(moved), on_wall, atol=1e-3)
+    logic.settings.use_image = False
+    assert logic.click_hints(moved).image is None
+
+
 # --- Nested walls and Blend panels ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")

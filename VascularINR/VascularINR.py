@@ -89,6 +89,7 @@ class VascularINRParameterNode:
     preset: Annotated[str, Choice(PRESETS)] = "fast"
     resolution: Annotated[int, WithinRange(32, 512)] = 128
     autoRefit: bool = True
+    useImage: bool = True
     lumenPoints: vtkMRMLMarkupsFiducialNode
     innerWallPoints: vtkMRMLMarkupsFiducialNode
     outerWallPoints: vtkMRMLMarkupsFiducialNode
@@ -216,6 +217,7 @@ class VascularINRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         settings = self.logic.sceneLogic.settings
         settings.preset = self._parameterNode.preset
         settings.resolution = self._parameterNode.resolution
+        settings.use_image = self._parameterNode.useImage
 
     def _updateWatch(self) -> None:
         """Auto-refit follows the selected point list while the box is ticked."""

@@ -19,6 +19,7 @@ _EXPORTS = {
     "compare": "metrics", "dice": "metrics", "surface_distances": "metrics",
     "read_points": "points_io", "write_points": "points_io", "check_points": "points_check",
     "read_mesh": "mesh", "write_mesh": "mesh", "sample_points_on_mesh": "mesh",
+    "read_volume": "volume", "Volume": "volume",
     "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
     "render_png": "render", "phantoms": None,
     "fit_nested": "nested", "blend": "blending",

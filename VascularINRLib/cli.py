@@ -12,6 +12,7 @@ from pathlib import Path
 from .errors import FitCancelled, InputError
 
 PROG = "vascular-inr"
+IMAGE_MARGIN_MM = 15.0  # --image: the volume is read within this margin of the points
 MESH_SUFFIXES = (".stl", ".vtp", ".ply", ".obj", ".vtk")
 
 
@@ -53,14 +54,14 @@ class ProgressBar:
         self.bar.close()
 
 
-def fit_and_mesh(points, config, args, description="fit"):
+def fit_and_mesh(points, config, args, description="fit", image=None):
     """Fit with a progress bar, then mesh at the requested resolution."""
     from .fitting import fit_points
     from .surface import extract_surface
 
     bar = ProgressBar(config.max_iterations, enabled=not args.quiet, description=description)
     try:
-        result = fit_points(points, config, device=args.device, progress=bar)
+        result = fit_points(points, config, device=args.device, progress=bar, image=image)
     finally:
         bar.close()
     surface = extract_surface(result.sdf, resolution=args.resolution, voxel_mm=args.voxel,
@@ -98,7 +99,17 @@ def command_fit(args) -> int:
         if path:
             _output_path(path, suffixes, what)
     points = read_points(args.points)
-    result, surface, report = fit_and_mesh(points, _config_from_args(args), args)
+    config, image = _config_from_args(args), None
+    if args.image:
+        from dataclasses import replace
+
+        from .volume import read_volume
+
+        image = read_volume(args.image).crop(points, IMAGE_MARGIN_MM)
+        if args.point_noise is None:  # clicks on this image: about half its in-plane voxel off the wall
+            in_plane = sorted(float(value) for value in image.spacing_mm)[:2]
+            config = replace(config, point_noise_mm=round(0.25 * sum(in_plane), 4))
+    result, surface, report = fit_and_mesh(points, config, args, image=image)
     write_mesh(surface.polydata, output)
     if args.checkpoint:
         save_checkpoint(result.sdf, args.checkpoint, report)
@@ -112,6 +123,13 @@ def command_fit(args) -> int:
     lofted = report.get("slices")
     on_slices = (f" on {lofted['slices']} slices ({lofted['contours']} contours, {lofted['end_caps']} flat end(s))"
                  if lofted else "")
+    if args.image:
+        from .image_edges import untrusted_points
+
+        caveat = untrusted_points(report["image"])
+        on_slices += ", the image guiding the wall between them" if report["image"]["used"] else ""
+        if caveat:
+            print(f"{args.image}: {caveat}", file=sys.stderr)
     print(f"{output}: {report['points']} points{on_slices}, {report['iterations']} iterations in "
           f"{report['fit_seconds']:.1f} s, mean |SDF| at the points {report['mean_abs_sdf_at_points_mm']:.3f} mm, "
           f"{'watertight' if report['watertight'] else 'NOT watertight'}, {report['components']} component(s)")
@@ -383,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--checkpoint", metavar="OUT.pt", help="save the network and its mapping to world mm")
     fit.add_argument("--json", metavar="REPORT.json", help="write the fit report")
     fit.add_argument("--png", metavar="OUT.png", help="render the surface with the points")
+    fit.add_argument("--image", metavar="VOLUME",
+                     help="the volume the points were clicked on (.nrrd .nhdr .mha .mhd): between the clicks the "
+                          "wall follows the edge it shows (clicks on slices; --point-noise defaults to half its voxel)")
     _add_fit_options(fit)
     fit.set_defaults(handler=command_fit)
 

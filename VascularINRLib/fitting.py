@@ -14,11 +14,14 @@ from typing import Callable, List, Optional, Union
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
 from .cpu_threads import AUTO, ThreadChooser, torch_threads
 from .errors import FitCancelled, InputError
 from .end_caps import EndCaps
 from .far_field import FarFieldPrior
+from .image_edges import (SCATTERED_RADIUS_MM, SURFACE_GRID_MM, SURFACE_GRID_REFIT_MM, EdgeModel, field_normals,
+                          guide_loft, surface_points)
 from .loft import build_loft
 from .network import SDFNetwork
 from .neural_sdf import NeuralSDF
@@ -26,6 +29,7 @@ from .normalization import Normalization
 from .points_check import check_points_and_index
 from .sampling import EikonalSampler, local_sigmas
 from .slices import SlicePlanes, detect as detect_slices
+from .volume import Volume
 
 
 LIGHT_MIN_POINTS = 128  # the fewest points a light step takes
@@ -81,6 +85,9 @@ class FitConfig:
     # a lofted fit's rings hold more detail than a few points: its planned count starts here (an
     # aneurysm's sac clicked every 5 mm: Dice 0.965-0.971 at 450 iterations, 0.976-0.980 at 800)
     loft_min_iterations: int = 800
+    # With an image (fit_points(image=...)): after the fit, points on the wall the image shows near its
+    # surface (image_edges.surface_points), and this many more steps on them with the clicks (0: none)
+    image_iterations: int = 200
     check_every: int = 50
     patience: int = 6  # checks without a 1% gain in the windowed loss before stopping
     early_stop: bool = True
@@ -144,6 +151,8 @@ class FitResult:
     threads: dict = field(default_factory=dict)  # ThreadChooser.report(): the threads the steps ran on
     fitted_points_mm: Optional[np.ndarray] = None  # what the network was fitted to (the rings), when not the points
     slices: dict = field(default_factory=dict)  # the loft's report, for clicks on slices
+    image: dict = field(default_factory=dict)  # image_edges' report, when a volume was given
+    far_field: Optional[FarFieldPrior] = field(default=None, repr=False)  # the prior the steps used
 
     def report(self) -> dict:
         return {
@@ -157,6 +166,7 @@ class FitResult:
             "scale_mm_per_unit": self.sdf.normalization.scale_mm,
             **self.prior,
             **({"slices": self.slices} if self.slices else {}),
+            **({"image": self.image} if self.image else {}),
             **self.threads,
             "config": asdict(self.config),
         }
@@ -206,15 +216,22 @@ def fit_points(
     progress: Optional[Callable[[FitProgress], None]] = None,
     progress_every: int = 50,
     cancel_event: Optional[threading.Event] = None,
+    image: Optional[Volume] = None,
 ) -> FitResult:
     """Fit a NeuralSDF to (N,3) world points in mm. `slices`: the plane each point was clicked on, when
     the front end knows it (otherwise `config.slices` "auto" looks for points that share an axial,
-    coronal or sagittal plane). Raises InputError, FitCancelled."""
+    coronal or sagittal plane). `image`: the volume the points were clicked on (RAS mm): the loft's
+    rings move onto the wall it shows, and after the fit the wall near its surface is found in the
+    image and fitted too (`config.image_iterations` more steps; image_edges.py). Raises InputError,
+    FitCancelled."""
     config = config or preset("fast")
     if slices is not None and len(slices.plane_of_point) != len(points_mm):
         raise InputError(f"the slice planes are given for {len(slices.plane_of_point)} points, not {len(points_mm)}")
     points_mm, kept = check_points_and_index(points_mm)
     loft = _loft(points_mm, kept, slices, config)
+    edges, image_report = None, {}
+    if image is not None and loft is not None:
+        loft, image_report, edges = guide_loft(loft, image, points_mm, config.point_noise_mm)
     data_mm = points_mm if loft is None else loft.points_mm
     torch_device = resolve_device(device)
     normalization, network, warm = _initial_network(data_mm, config, warm_start, torch_device)
@@ -230,13 +247,72 @@ def fit_points(
                            progress, progress_every, cancel_event,
                            config.learning_rate * (config.warm_start_lr_factor if warm else 1.0), warm,
                            loft, caps)
+        if image is not None and config.image_iterations > 0 and (edges is not None or loft is None):
+            result, loft = _image_phase(result, image, edges, image_report, points_mm, loft, caps, config,
+                                        normalization, network, torch_device, progress, progress_every, cancel_event,
+                                        warm)
+            data_mm = result.points_mm  # with the loft: what the second phase fitted (rings and the wall's points)
     result.warm_started = warm
     if loft is not None:
         result.fitted_points_mm = data_mm
         result.points_mm = points_mm
         result.mean_abs_sdf_at_points_mm = float(np.abs(result.sdf.sdf(points_mm)).mean())
         result.slices = loft.report
+    result.image = image_report
     return result
+
+
+def _image_phase(result: FitResult, image: Volume, edges: Optional[EdgeModel], report: dict, points_mm, loft,
+                 caps, config: FitConfig, normalization, network, device, progress, progress_every, cancel_event,
+                 warm: bool):
+    """The fit continued on the clicks (or rings) and points on the image's wall near its surface.
+    Returns the result and the loft with those points added (None stays None). Updates `report`."""
+    start = time.perf_counter()
+    sigma = config.point_noise_mm
+    if edges is None:  # scattered points: the image's levels read along the fitted field's normal at each
+        edges, learned = EdgeModel.learn(image, points_mm, field_normals(result.sdf, points_mm),
+                                         np.full(len(points_mm), SCATTERED_RADIUS_MM), sigma)
+        report.update({"used": edges is not None, "clicks": int(len(points_mm)), **learned})
+        if edges is None:
+            return result, loft
+    cap_planes = ((loft.cap_origins_mm, loft.cap_normals, loft.cap_radii_mm) if loft is not None and caps is not None
+                  else (np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0)))
+    extra, found = surface_points(result.sdf, image, edges, cap_planes,
+                                  grid_mm=SURFACE_GRID_REFIT_MM if warm else SURFACE_GRID_MM)
+    report.update(found)
+    if not len(extra):
+        return result, loft
+    fitted = result.points_mm if loft is None else loft.points_mm
+    data_mm = np.vstack([fitted, extra])
+    if loft is not None:
+        _, nearest = cKDTree(loft.points_mm).query(extra)
+        loft = replace(loft, points_mm=data_mm, radii_mm=np.concatenate([loft.radii_mm, loft.radii_mm[nearest]]),
+                       spacing_mm=np.concatenate([loft.spacing_mm, loft.spacing_mm[nearest]]),
+                       ring_of_point=np.concatenate([loft.ring_of_point, np.full(len(extra), -1)]),
+                       normals=np.vstack([loft.normals, np.zeros((len(extra), 3))]))
+    steps = config.image_iterations if not warm else min(config.image_iterations, config.max_iterations)
+    phase = replace(config, max_iterations=steps, min_iterations=min(config.min_iterations, steps),
+                    uniform_samples=min(config.uniform_samples, config.warm_start_uniform_samples))
+    before = result.iterations
+
+    def shifted(p: FitProgress) -> None:
+        progress(replace(p, iteration=before + p.iteration, max_iterations=before + p.max_iterations))
+
+    network.train()
+    second = _optimise(data_mm, phase, normalization, network, device, shifted if progress else None, progress_every,
+                       cancel_event, config.learning_rate * config.warm_start_lr_factor, True, loft, caps,
+                       result.far_field)
+    second.iterations += before
+    second.fit_seconds = result.fit_seconds + (time.perf_counter() - start)  # finding the wall included
+    second.loss_history = result.loss_history + [(before + row[0],) + tuple(row[1:]) for row in second.loss_history]
+    second.prior = {**result.prior, **second.prior}
+    second.config = result.config
+    if loft is None:
+        second.fitted_points_mm = data_mm
+        second.points_mm = points_mm
+        second.mean_abs_sdf_at_points_mm = float(np.abs(second.sdf.sdf(points_mm)).mean())
+    return second, loft
+
 
 
 def _loft(points_mm: np.ndarray, kept: np.ndarray, slices: Optional[SlicePlanes], config: FitConfig):
@@ -264,7 +340,9 @@ def _initial_network(points_mm, config, warm_start, torch_device):
 
 
 def _optimise(points_mm, config, normalization, network, device, progress, progress_every, cancel_event,
-              learning_rate, warm=False, loft=None, caps=None):
+              learning_rate, warm=False, loft=None, caps=None, far_field=None):
+    """The steps of one fit. `far_field`: a prior built before (the image phase goes on with the
+    first phase's; its pool suits the added points, which lie near the surface)."""
     start = time.perf_counter()
     dtype = torch.float32
     points_net = torch.as_tensor(normalization.to_net(points_mm), dtype=dtype, device=device)
@@ -273,9 +351,8 @@ def _optimise(points_mm, config, normalization, network, device, progress, progr
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
     sampler = EikonalSampler(points_net, sigmas, generator, config.local_samples_per_point)
-    far_field = None
     plan = {}
-    if config.far_field:
+    if config.far_field and far_field is None:
         far_field = FarFieldPrior.build(normalization.to_net(points_mm), normalization.scale_mm,
                                         config.max_radius_mm, np.random.default_rng(config.seed), device, dtype,
                                         draws=config.max_iterations * config.far_field_samples,
@@ -330,7 +407,7 @@ def _optimise(points_mm, config, normalization, network, device, progress, progr
     return FitResult(sdf=sdf, config=config, points_mm=points_mm, iterations=iteration,
                      fit_seconds=time.perf_counter() - start, stopped_because=stopped_because,
                      device=str(device), mean_abs_sdf_at_points_mm=mean_abs, loss_history=history,
-                     prior=prior, threads=threads.report())
+                     prior=prior, threads=threads.report(), far_field=far_field)
 
 
 def samples_per_step(config: FitConfig, point_count: int, fraction: float = 1.0):

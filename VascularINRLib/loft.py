@@ -62,6 +62,10 @@ class Loft:
     cap_radii_mm: np.ndarray
     report: dict = field(default_factory=dict)
     contours: List[Contour] = field(default_factory=list)
+    # per point: the ring it lies on (-1: a click kept as it is) and the ring's outward normal in its
+    # plane (zero for kept clicks); a ring's points run along it in order
+    ring_of_point: Optional[np.ndarray] = None
+    normals: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -344,7 +348,7 @@ def build_loft(points_mm: np.ndarray, slices: SlicePlanes, noise_mm: float, ring
 def _build_loft(points_mm, slices, noise_mm, ring_spacing_mm, interpolation_mm, seed) -> Loft:
     points_mm = np.asarray(points_mm, dtype=np.float64)
     used = np.zeros(len(points_mm), dtype=bool)
-    ring_points, ring_radii, ring_gaps = [], [], []
+    ring_points, ring_radii, ring_gaps, ring_normals = [], [], [], []
     caps = []
     all_contours: List[Contour] = []
     contour_count = chain_count = interpolated = 0
@@ -401,6 +405,8 @@ def _build_loft(points_mm, slices, noise_mm, ring_spacing_mm, interpolation_mm, 
                 others = [other for j, (other, _, _) in enumerate(items) if j != number]
                 keep = ~_inside_any(curve, others) if others else np.ones(len(curve), dtype=bool)
                 ring_points.append(frame.to_world(curve[keep], level))
+                normal_uv = outward_normals(curve)[keep]
+                ring_normals.append(normal_uv[:, :1] * frame.u + normal_uv[:, 1:2] * frame.v)
                 ring_radii.append(np.full(int(keep.sum()), radius))
                 ring_gaps.append(np.full(int(keep.sum()), gap))
         candidates = []  # (contour, cap); kept below unless the slice holds a U-turn
@@ -435,6 +441,9 @@ def _build_loft(points_mm, slices, noise_mm, ring_spacing_mm, interpolation_mm, 
     free = ~used
     pieces = ring_points + [points_mm[free]]
     loft_points = np.vstack(pieces) if pieces else points_mm
+    ring_of_point = np.concatenate([np.full(len(r), n) for n, r in enumerate(ring_points)]
+                                   + [np.full(int(free.sum()), -1)])
+    normals = np.vstack(ring_normals + [np.zeros((int(free.sum()), 3))])
     if ring_points:
         radii, spacing = np.concatenate(ring_radii), np.concatenate(ring_gaps)
         rings = np.vstack(ring_points)
@@ -451,7 +460,16 @@ def _build_loft(points_mm, slices, noise_mm, ring_spacing_mm, interpolation_mm, 
               "click_noise_mm": float(noise_mm)}
     return Loft(loft_points, radii, spacing,
                 np.array([c[0] for c in caps]).reshape(-1, 3), np.array([c[1] for c in caps]).reshape(-1, 3),
-                np.array([c[2] for c in caps]), report, all_contours)
+                np.array([c[2] for c in caps]), report, all_contours, ring_of_point, normals)
+
+
+def outward_normals(curve: np.ndarray) -> np.ndarray:
+    """Unit normals pointing out of a closed curve given as ordered points (either orientation)."""
+    tangent = np.roll(curve, -1, axis=0) - np.roll(curve, 1, axis=0)
+    normal = np.column_stack([tangent[:, 1], -tangent[:, 0]])  # outward for a counter-clockwise curve
+    area = 0.5 * float(np.sum(curve[:, 0] * np.roll(curve[:, 1], -1) - np.roll(curve[:, 0], -1) * curve[:, 1]))
+    normal *= 1.0 if area >= 0 else -1.0
+    return normal / np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
 
 
 def _clicks_beyond(points: np.ndarray, centre: np.ndarray, inward: np.ndarray, cap_radius: float) -> bool:

@@ -6,8 +6,9 @@
    full plans, the sv_demo aorta lumen with synthetic walls pushed out by a thickness that varies along z).
 3. Blending: vessels fitted separately and blended, compared with the blended models of the data.
 4. Clicks on slices (beyond the paper, `realistic.py`): the simulated annotator's clicks (a few per
-   contour, every S mm, σ mm of error in the slice plane) fitted with the loft and as plain points,
-   judged in the clicked span; Dice against S, k and σ in a figure.
+   contour, every S mm, σ mm of error in the slice plane) fitted with the loft, as plain points and
+   with the loft and the image they lie on, judged in the clicked span; Dice against S, k, σ and the
+   number of clicks, with and without the image, in a figure.
 
 Everything goes into one folder: results.json, results.md (tables, the exact command, the machine)
 and PNGs. A plan (`PLANS`) says how much is run; its `cuts` say what it cut compared with `full`.
@@ -476,6 +477,7 @@ def run_clicks(data, plan: Plan, folder: Path, log) -> dict:
     if plan.click_sweeps:
         figure = realistic.plot_sweeps(entries, folder / "clicks_sweeps.png",
                                        f"Clicks on slices: {realistic.SHAPES[shape][0]}, span Dice against S, k, σ "
+                                       f"and clicks "
                                        f"(median of {plan.click_seeds} seed(s))")
     return {"cases": [asdict(case) for case in cases], "seeds": plan.click_seeds, "runs": rows, "medians": entries,
             "figure": None if figure is None else Path(figure).name}
@@ -568,7 +570,8 @@ def markdown(results: dict) -> str:
                   f"The simulated annotator (annotator.py) slices each reference every S mm and clicks k points "
                   f"on every contour with σ mm of error in the slice plane. `loft`: the tool's default (contours "
                   f"through each slice's clicks, flat ends where the clicks end); `points`: the clicks fitted as "
-                  f"plain points. Judged where the user clicked (metrics.compare_in_span): span Dice over the "
+                  f"plain points; `image`: the loft with the volume the clicks lie on (image_edges.py: the "
+                  f"vmtk MRA, the AAA phantom's CT). Judged where the user clicked (metrics.compare_in_span): span Dice over the "
                   f"clicked span, Dice over the whole reference, mean distances in the span's core (over 5 mm "
                   f"from its ends) and at its ends, how far the surface runs past the first and last slice (the "
                   f"reference's own run past them in brackets). Medians over {c['seeds']} seed(s).", ""]

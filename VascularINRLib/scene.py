@@ -23,7 +23,7 @@ import re
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import slicer
@@ -32,6 +32,9 @@ from vtkmodules.util.misc import calldata_type
 
 from .errors import FitCancelled, InputError
 from .worker import DEFAULT_DEBOUNCE_S, FitWorker, Post, Progress
+
+if TYPE_CHECKING:
+    from .volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,7 @@ POINT_EVENTS = ("PointAddedEvent", "PointModifiedEvent", "PointRemovedEvent", "P
                 "PointPositionUndefinedEvent")
 MIN_POINTS = 10
 CLICK_ERROR_VOXELS = 0.5  # a click misses the wall by about half a voxel (σ), in the slice plane
+IMAGE_MARGIN_MM = 15.0  # the volume handed to a fit: the clicks' bounding box and this much around it
 
 
 @dataclass
@@ -69,6 +73,7 @@ class FitSettings:
     resolution: int = 128
     device: str = "auto"
     overrides: dict = field(default_factory=dict)
+    use_image: bool = True  # the volume under the clicks guides the wall between them (image_edges.py)
 
 
 @dataclass
@@ -89,6 +94,8 @@ class ClickHints:
 
     noise_mm: Optional[float] = None
     directions: List[List[float]] = field(default_factory=lambda: np.eye(3).tolist())
+    image: Optional["Volume"] = None  # that volume around the clicks (RAS), when the fit is to use it
+    image_note: Optional[str] = None  # why a volume in the scene is not used
 
 
 @dataclass
@@ -182,7 +189,10 @@ def fit_job(points_mm: np.ndarray, settings: FitSettings, warm_text: Optional[st
     report(0.0, "fitting", True)
     planes = detect(points_mm, hints.directions) if config.slices == "auto" else None
     result = fit_points(points_mm, config, slices=planes, warm_start=warm, device=settings.device,
-                        progress=_fit_progress(report, 0.0, 0.9), progress_every=25, cancel_event=cancel_event)
+                        progress=_fit_progress(report, 0.0, 0.9), progress_every=25, cancel_event=cancel_event,
+                        image=hints.image)
+    if hints.image_note:
+        result.image = {"used": False, "reason": hints.image_note}
     _check_cancel(cancel_event)
     report(0.9, "meshing", True)
     surface = extract_surface(result.sdf, resolution=settings.resolution, points_mm=result.points_mm)
@@ -334,9 +344,10 @@ class SceneLogic:
                              f"(at least {MIN_POINTS} on the vessel wall are needed)")
         return check_points(points, MIN_POINTS, source=f"'{node.GetName()}'")
 
-    def click_hints(self) -> ClickHints:
+    def click_hints(self, points: Optional[np.ndarray] = None) -> ClickHints:
         """The slice views' normals and half the voxel of the volume they show (the background of the
-        first view that shows one, else the scene's first scalar volume)."""
+        first view that shows one, else the scene's first scalar volume); with `points` and the
+        settings' `use_image`, that volume around them."""
         self._require_main_thread()
         directions = np.eye(3).tolist()
         for index in range(self.scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
@@ -358,7 +369,13 @@ class SceneLogic:
             spacing = sorted(float(value) for value in volume.GetSpacing())
             if all(np.isfinite(spacing)) and spacing[0] > 0:
                 noise = round(CLICK_ERROR_VOXELS * 0.5 * (spacing[0] + spacing[1]), 4)
-        return ClickHints(noise, directions)
+        hints = ClickHints(noise, directions)
+        if volume is not None and points is not None and len(points) and self.settings.use_image:
+            try:
+                hints.image = volume_of_node(volume).crop(points, IMAGE_MARGIN_MM)
+            except InputError as error:
+                hints.image_note = f"'{volume.GetName()}' is not used: {error}"
+        return hints
 
     # --- models -------------------------------------------------------------------------------------
 
@@ -454,7 +471,7 @@ class SceneLogic:
         self._last_points[key] = points
         warm_text = model_node.GetAttribute(ATTRIBUTE_NETWORK) if model_node is not None else None
         task = _Task(key, "fit", points_node.GetName(), [points_node], {"vessel": model_node})
-        job = functools.partial(fit_job, points, self._settings_snapshot(), warm_text, self.click_hints())
+        job = functools.partial(fit_job, points, self._settings_snapshot(), warm_text, self.click_hints(points))
         self._submit(task, job)
         self._set_status("scheduled", f"Fit of '{points_node.GetName()}' ({len(points)} points) scheduled",
                          0.0, key)
@@ -726,6 +743,13 @@ class SceneLogic:
         if lofted:
             details.append(f"{lofted['contours']} contours on {lofted['slices']} slices, "
                            f"{lofted['end_caps']} flat end(s)")
+        image = fit.get("image")
+        if image:
+            from .image_edges import untrusted_points
+
+            caveat = untrusted_points(image)
+            details.append(("the wall between the clicks from the image" if image.get("used") else "image not used")
+                           + (f" ({caveat})" if caveat else ""))
         return f"{names} updated" + (f": {', '.join(details)}" if details else "")
 
     # --- scene events -------------------------------------------------------------------------
@@ -762,6 +786,32 @@ class SceneLogic:
             self.scene.RemoveObserver(tag)
         self._scene_tags = []
         self._listeners.clear()
+
+
+def volume_of_node(node) -> "Volume":
+    """A scalar volume node's voxels (a view, not a copy: crop it at once) and its IJK → RAS matrix,
+    under its parent transform when that is linear."""
+    from vtkmodules.util.numpy_support import vtk_to_numpy
+
+    from .volume import Volume
+
+    image = node.GetImageData()
+    if image is None or image.GetPointData() is None or image.GetPointData().GetScalars() is None:
+        raise InputError("it holds no voxels")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise InputError("it is not a single-component (scalar) volume")
+    dimensions = image.GetDimensions()
+    array = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dimensions[::-1])
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    transform = node.GetParentTransformNode()
+    if transform is not None:
+        if not transform.IsLinear():
+            raise InputError("it lies under a non-linear transform")
+        to_world = vtk.vtkMatrix4x4()
+        transform.GetMatrixTransformToWorld(to_world)
+        vtk.vtkMatrix4x4.Multiply4x4(to_world, matrix, matrix)
+    return Volume(array, np.array([[matrix.GetElement(row, column) for column in range(4)] for row in range(4)]))
 
 
 def _kind(node) -> str:

@@ -83,13 +83,14 @@ class VascularWebApp:
             "role": "vessel", "roles": [{"title": ROLE_TITLES[r], "value": r} for r in ROLES],
             "place_mode": True, "nested_mode": "guaranteed", "blend_k": "2", "export_name": "vessel.stl",
             "export_format": "STL", "export_cs": "LPS", "scene_name": "scene.mrb", "active_list": "",
-            "axial_offset": 0.0, "vinr_info": "{}", "export_dir": str(self.export_dir),
+            "axial_offset": 0.0, "vinr_info": "{}", "export_dir": str(self.export_dir), "use_image": True,
         })
         self._build_ui()
         self.volume = self._load_volume(list(data))
         self.new_point_list("vessel")
         self.state.change("axial_offset")(self._on_axial_offset)
         self.state.change("place_mode")(self._on_place_mode)
+        self.state.change("use_image")(self._on_use_image)
         self.ctrl.on_server_ready.add(self._on_ready)
 
     # --- threading ---------------------------------------------------------------------------
@@ -177,6 +178,9 @@ class VascularWebApp:
             markups.place_node(self.active, persistent=True)
         else:
             markups.disable_place_mode()
+
+    def _on_use_image(self, use_image=True, **_) -> None:
+        self.logic.settings.use_image = bool(use_image)
 
     def _on_points_event(self, caller, event) -> None:
         with self.state:
@@ -307,7 +311,8 @@ class VascularWebApp:
             models.append({"id": model.GetID(), "name": model.GetName(),
                            "structure": model.GetAttribute("VascularINR.Structure"),
                            "points": int(polydata.GetNumberOfPoints()) if polydata is not None else 0,
-                           "fit": self.logic.report_of(model).get("fit", {}).get("points")})
+                           "fit": self.logic.report_of(model).get("fit", {}).get("points"),
+                           "image": self.logic.report_of(model).get("fit", {}).get("image")})
         views = {}
         for tag in ("Red", "Yellow", "Green"):
             view = self.slicer_app.view_manager.get_view(tag)
@@ -367,6 +372,8 @@ class VascularWebApp:
             with v.VCardText():
                 v.VSwitch(v_model=("place_mode",), label="Click places points (off: drag to move)",
                           density="compact", hide_details=True, id="vinr-place-mode")
+                v.VSwitch(v_model=("use_image",), label="Use the image between the clicks",
+                          density="compact", hide_details=True, id="vinr-use-image")
                 v.VTextField(v_model=("axial_offset",), label="Axial slice (mm)", type="number", step="1",
                              density="compact", hide_details=True, id="vinr-axial-offset", classes="my-2")
                 with html.Div(classes="d-flex flex-wrap ga-1"):

@@ -1,17 +1,19 @@
-"""The realistic protocol: fits to simulated clicks on slices, the tool's loft against clicks as points.
+"""The realistic protocol: fits to simulated clicks on slices, the tool's loft against clicks as points,
+and the loft with the image the clicks lie on.
 
-    python bench/realistic.py [--cases named|sweeps|all] [--seeds N] [--methods loft points] [-o DIR]
+    python bench/realistic.py [--cases named|sweeps|all] [--seeds N] [--methods loft points image] [-o DIR]
 
 Each case slices a reference (the AAA phantom, the vmtk MRA bifurcation, the sv_demo aorta) every S mm
 along an axis or across its centreline, clicks k points on every contour with σ mm of error in the
 slice plane (VascularINRLib/annotator.py), fits with preset `fast` (method `loft`: the default, the
 slice planes given as a front end gives them; method `points`: slices="off", the clicks fitted as plain
-points as before the loft), meshes at 256 nodes and judges the surface in the clicked span
+points as before the loft; method `image`: the loft with the volume, where the shape has one: the vmtk
+MRA, the AAA phantom's CT), meshes at 256 nodes and judges the surface in the clicked span
 (metrics.compare_in_span). The named cases are VascularINRLib/realistic.py's CASES (the issue's
 targets among them), the sweeps vary S, k and σ one at a time around S = 5 mm, k = 6, σ = 0.5 mm on the
 vmtk bifurcation (the AAA phantom without the data). Prints the per-fit rows and the medians over seeds
 as Markdown, and writes DIR/realistic.json, realistic.md and realistic_sweeps.png (DIR defaults to
-bench/out/realistic). About 10 s per fit on 2 cores: the named cases with 3 seeds take ~6 minutes.
+bench/out/realistic). About 5 s per fit on 2 cores: the named cases with 3 seeds take ~8 minutes.
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ def main(argv=None) -> int:
     lines += realistic.table(entries)
     targets = [c for c in cases if c.target]
     if targets:
-        lines += ["", "Targets (issue #17):", ""] + [f"- {c.name}: {c.target}" for c in targets]
+        lines += ["", "Targets (issues #17 and #18):", ""] + [f"- {c.name}: {c.target}" for c in targets]
     text = "\n".join(lines) + "\n"
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "realistic.json").write_text(json.dumps({"command": command, "rows": rows, "medians": entries},
