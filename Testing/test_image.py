@@ -231,3 +231,20 @@ def test_scattered_points_with_the_phantom_ct(phantom_ct):
         dice[name] = compare(extract_surface(result.sdf, resolution=192, points_mm=points).polydata, mesh)["dice"]
     assert result.image["used"] and result.image["surface_points"] > 1000
     assert dice["image"] >= 0.96 and dice["image"] > dice["plain"] + 0.01
+
+
+def test_contrast_that_fades_along_the_vessel(phantom_ct):
+    """The lumen's contrast halves from the top of the phantom to its bottom (an 'early' scan): each
+    click teaches the levels around it, so the wall is still found at its own half-way level (span Dice
+    0.962 measured, 0.966 without the fade)."""
+    z = phantom_ct.ijk_to_ras[2, 3] + phantom_ct.ijk_to_ras[2, 2] * np.arange(phantom_ct.array.shape[0])
+    fade = 0.5 + 0.5 * (z - z.min()) / (z.max() - z.min())
+    faded = phantom_ct.array.copy()
+    lumen = faded > 120.0  # contrast lumen (300 HU) and the brighter bone and calcium
+    faded[lumen] = (40.0 + (faded - 40.0) * fade[:, None, None])[lumen]
+    phantom = phantoms.aaa_lumen()
+    points = np.vstack([_wall_points(phantom, z) for z in LEVELS_MM])
+    result = fit_points(points, preset("fast", seed=0), image=Volume(faded, phantom_ct.ijk_to_ras))
+    assert result.image["used"] and result.image["clicks_on_edge"] >= 0.9
+    surface = extract_surface(result.sdf, resolution=128, points_mm=points)
+    assert _slab_dice(surface.polydata, phantom, (LEVELS_MM[0], LEVELS_MM[-1])) >= 0.95
