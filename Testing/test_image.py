@@ -248,3 +248,27 @@ def test_contrast_that_fades_along_the_vessel(phantom_ct):
     assert result.image["used"] and result.image["clicks_on_edge"] >= 0.9
     surface = extract_surface(result.sdf, resolution=128, points_mm=points)
     assert _slab_dice(surface.polydata, phantom, (LEVELS_MM[0], LEVELS_MM[-1])) >= 0.95
+
+
+def test_a_bright_vein_against_the_wall_does_not_pull_the_surface(phantom_ct):
+    """A contrast-filled vein (6 mm radius, 300 HU, like the lumen) touching the lumen between two
+    clicked slices: there the profile has no background outside the wall, so no wall is found and the
+    surface does not leak into the vein (0.22 mm at most outside the lumen measured, span Dice 0.966)."""
+    phantom = phantoms.aaa_lumen()
+    points = np.vstack([_wall_points(phantom, z) for z in LEVELS_MM])
+    middle = _wall_points(phantom, 57.5).mean(axis=0)
+    reach = np.arange(0.0, 40.0, 0.1)
+    edge = middle[0] + reach[np.argmax(phantom.sdf(middle + reach[:, None] * [1.0, 0.0, 0.0]) > 0)]
+    k, j, i = np.meshgrid(*[np.arange(n) for n in phantom_ct.array.shape], indexing="ij")
+    x, y, z = (phantom_ct.ijk_to_ras[axis, 3] + phantom_ct.ijk_to_ras[axis, axis] * index
+               for axis, index in ((0, i), (1, j), (2, k)))
+    with_vein = phantom_ct.array.copy()
+    with_vein[((x - edge - 6.0) ** 2 + (y - middle[1]) ** 2 < 36.0) & (z > 45.0) & (z < 70.0)] = 300.0
+    result = fit_points(points, preset("fast", seed=0), image=Volume(with_vein, phantom_ct.ijk_to_ras))
+    assert result.image["used"]
+    surface = extract_surface(result.sdf, resolution=128, points_mm=points)
+    from vtk.util.numpy_support import vtk_to_numpy
+    vertices = vtk_to_numpy(surface.polydata.GetPoints().GetData())
+    beside = vertices[(vertices[:, 2] > 45.0) & (vertices[:, 2] < 70.0)]
+    assert phantom.sdf(beside).max() < 1.0
+    assert _slab_dice(surface.polydata, phantom, (LEVELS_MM[0], LEVELS_MM[-1])) >= 0.95
