@@ -402,8 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--json", metavar="REPORT.json", help="write the fit report")
     fit.add_argument("--png", metavar="OUT.png", help="render the surface with the points")
     fit.add_argument("--image", metavar="VOLUME",
-                     help="the volume the points were clicked on (.nrrd .nhdr .mha .mhd): between the clicks the "
-                          "wall follows the edge it shows (clicks on slices; --point-noise defaults to half its voxel)")
+                     help="the volume the points were clicked on (.nrrd .nhdr .mha .mhd .nii .nii.gz): between the "
+                          "clicks the wall follows the edge it shows (--point-noise defaults to half its voxel)")
     _add_fit_options(fit)
     fit.set_defaults(handler=command_fit)
 

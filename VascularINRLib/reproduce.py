@@ -571,9 +571,9 @@ def markdown(results: dict) -> str:
                   f"on every contour with σ mm of error in the slice plane. `loft`: the tool's default (contours "
                   f"through each slice's clicks, flat ends where the clicks end); `points`: the clicks fitted as "
                   f"plain points; `image`: the loft with the volume the clicks lie on (image_edges.py: the "
-                  f"vmtk MRA, the AAA phantom's CT). Judged where the user clicked (metrics.compare_in_span): span Dice over the "
-                  f"clicked span, Dice over the whole reference, mean distances in the span's core (over 5 mm "
-                  f"from its ends) and at its ends, how far the surface runs past the first and last slice (the "
+                  f"vmtk MRA, the AAA phantom's CT). Judged where the user clicked (metrics.compare_in_span): "
+                  f"span Dice over the clicked span, Dice over the whole reference, mean distances in the span's "
+                  f"core (over 5 mm from its ends) and at its ends, how far the surface runs past the first and last slice (the "
                   f"reference's own run past them in brackets). Medians over {c['seeds']} seed(s).", ""]
         lines += table(c["medians"])
         if c.get("figure"):

@@ -3,7 +3,7 @@
 Files come in patient LPS (NRRD's `space`, MetaImage, ITK) or RAS; scenes (Slicer, the browser) are
 RAS. A `Volume` always maps voxel indices to RAS mm, so a click and the intensity under it meet in one
 frame: `sample` reads the image at RAS points (trilinear; NaN outside). Read with `read_volume`
-(.nrrd, .nhdr, .mha, .mhd), or build from a scene's volume node (`scene.py`) or arrays (`from_grid`).
+(.nrrd, .nhdr, .mha, .mhd, .nii, .nii.gz), or build from a scene's volume node (`scene.py`) or arrays (`from_grid`).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from .errors import InputError
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 MAX_VOXELS = 1024 ** 3  # a volume file claiming more than this is refused before reading its voxels
-FORMATS = (".nrrd", ".nhdr", ".mha", ".mhd")
+FORMATS = (".nrrd", ".nhdr", ".mha", ".mhd", ".nii", ".nii.gz")
 
 
 @dataclass
@@ -86,7 +86,8 @@ class Volume:
 
 def read_volume(path) -> Volume:
     """A volume file (.nrrd/.nhdr: pynrrd; .mha/.mhd: VTK's reader, with the header's axes and LPS
-    frame that VTK leaves out). Raises InputError naming the file and the problem."""
+    frame that VTK leaves out; .nii/.nii.gz: VTK's reader and the qform, else the sform, as ITK and
+    Slicer read them). Raises InputError naming the file and the problem."""
     path = Path(path)
     name = path.name.lower()
     if not path.is_file():
@@ -96,6 +97,8 @@ def read_volume(path) -> Volume:
             return _read_nrrd(path)
         if name.endswith((".mha", ".mhd")):
             return _read_metaimage(path)
+        if name.endswith((".nii", ".nii.gz")):
+            return _read_nifti(path)
     except InputError as error:
         raise InputError(f"{path}: {error}") from None
     except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
@@ -171,3 +174,33 @@ def _read_metaimage(path: Path) -> Volume:
     # as ITK reads it: the matrix's i-th group of three is the direction of axis i (LPS)
     directions = np.asarray(matrix).reshape(3, 3).T
     return Volume.from_grid(array, origin, spacing, directions, lps=True)
+
+
+def _read_nifti(path: Path) -> Volume:
+    import vtk
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    reader = vtk.vtkNIFTIImageReader()
+    if not reader.CanReadFile(str(path)):
+        raise InputError("not a NIfTI file VTK can read")
+    reader.SetFileName(str(path))
+    reader.UpdateInformation()
+    extent = reader.GetDataExtent()
+    sizes = [extent[1] - extent[0] + 1, extent[3] - extent[2] + 1, extent[5] - extent[4] + 1]
+    _check_size(sizes)
+    if reader.GetNumberOfScalarComponents() != 1 or reader.GetTimeDimension() > 1:
+        raise InputError("a 3-D scalar NIfTI is needed")
+    reader.Update()
+    image = reader.GetOutput()
+    if image.GetPointData().GetScalars() is None:
+        raise InputError("VTK could not read its voxels")
+    array = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(sizes[::-1])
+    header = reader.GetNIFTIHeader()
+    form = reader.GetQFormMatrix() if header.GetQFormCode() > 0 else reader.GetSFormMatrix()
+    to_ras = np.eye(4)
+    if form is not None:  # VTK's image frame (its origin and spacing) to RAS
+        to_ras = np.array([[form.GetElement(row, column) for column in range(4)] for row in range(4)])
+    frame = np.eye(4)
+    frame[:3, :3] = np.diag(image.GetSpacing())
+    frame[:3, 3] = image.GetOrigin()
+    return Volume(array, to_ras @ frame)
