@@ -573,8 +573,8 @@ def markdown(results: dict) -> str:
                   f"plain points; `image`: the loft with the volume the clicks lie on (image_edges.py: the "
                   f"vmtk MRA, the AAA phantom's CT). Judged where the user clicked (metrics.compare_in_span): "
                   f"span Dice over the clicked span, Dice over the whole reference, mean distances in the span's "
-                  f"core (over 5 mm from its ends) and at its ends, how far the surface runs past the first and last slice (the "
-                  f"reference's own run past them in brackets). Medians over {c['seeds']} seed(s).", ""]
+                  f"core (over 5 mm from its ends) and at its ends, how far the surface runs past the first and "
+                  f"last slice (the reference's own run past them in brackets). Medians over {c['seeds']} seed(s).", ""]
         lines += table(c["medians"])
         if c.get("figure"):
             lines += ["", f"![{c['figure']}]({c['figure']})"]
