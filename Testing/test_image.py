@@ -312,3 +312,21 @@ def test_files_written_by_slicer_read_back_in_the_same_world(tmp_path, suffix):
     points = np.random.default_rng(0).uniform([1, 1, 1], [11, 9, 7], (100, 3)) @ axes.T + origin
     expected = volume_of_node(node).sample(points)
     assert np.abs(read_volume(path).sample(points) - expected).max() < 1e-3
+
+
+def test_where_the_image_shows_no_wall_the_report_says_so(phantom_ct):
+    """The image blanked (soft tissue, 40 HU) in a slab around one clicked slice: the rings there stay as
+    the clicks made them, and the report and its one-line summary say where."""
+    from VascularINRLib.image_edges import untrusted_points
+
+    z = phantom_ct.ijk_to_ras[2, 3] + phantom_ct.ijk_to_ras[2, 2] * np.arange(phantom_ct.array.shape[0])
+    blanked = phantom_ct.array.copy()
+    blanked[np.abs(z - LEVELS_MM[1]) < 4.0] = 40.0
+    points = np.vstack([_wall_points(phantoms.aaa_lumen(), level) for level in LEVELS_MM])
+    loft = build_loft(points, detect(points), 0.5)
+    guided, report, _ = guide_loft(loft, Volume(blanked, phantom_ct.ijk_to_ras), points, 0.5)
+    assert report["used"] and report["rings_kept"] >= 1
+    assert all(abs(centre[2] - LEVELS_MM[1]) < 4.0 for centre in report["rings_kept_at_mm"])
+    on_kept = np.abs(loft.points_mm[:, 2] - LEVELS_MM[1]) < 1e-6
+    assert np.array_equal(guided.points_mm[on_kept], loft.points_mm[on_kept])
+    assert f"{LEVELS_MM[1]:g})" in untrusted_points(report)

@@ -54,6 +54,7 @@ SURFACE_GRID_REFIT_MM = 2.0  # ... in a quick refit (a quarter of the points: vm
 #                              against 0.931 span Dice in a full fit, the others within 0.003)
 SURFACE_REACH_MM = 20.0  # image points only this close to a click
 SCATTERED_RADIUS_MM = 5.0  # points on no slice: the lumen's level is read up to 60% of this inside
+REPORTED_PLACES = 10  # the report lists where the image was not trusted, at most this many places
 CAP_BAND_MM = 1.0  # surface points this close to an end cap's plane, facing along it, lie on the cap
 
 
@@ -194,12 +195,12 @@ def guide_loft(loft: Loft, volume: Volume, clicks_mm: np.ndarray,
     moved = loft.points_mm.copy()
     shift = np.zeros(len(ring_points))
     rings = loft.ring_of_point[on_ring]
-    rings_moved = rings_kept = 0
+    rings_moved, kept_at = 0, []
     for ring in np.unique(rings):
         members = np.flatnonzero(rings == ring)
         good = valid[members]
         if good.mean() < MIN_RING_FRACTION:
-            rings_kept += 1
+            kept_at.append([round(float(v), 1) for v in ring_points[members].mean(axis=0)])
             continue
         position = np.arange(len(members), dtype=np.float64)
         values = np.interp(position, position[good], found[members][good], period=len(members))
@@ -208,7 +209,8 @@ def guide_loft(loft: Loft, volume: Volume, clicks_mm: np.ndarray,
         shift[members] = np.clip(values, -allowed[members], allowed[members])
         rings_moved += 1
     moved[on_ring] = ring_points + shift[:, None] * ring_normals
-    report.update({"used": True, "rings_moved": rings_moved, "rings_kept": rings_kept,
+    report.update({"used": True, "rings_moved": rings_moved, "rings_kept": len(kept_at),
+                   "rings_kept_at_mm": kept_at[:REPORTED_PLACES],
                    "ring_points_on_edge": round(float(valid.mean()), 3),
                    "ring_points_where_clicks_overrule": int(overruled.sum()),
                    "ring_mean_shift_mm": round(float(np.abs(shift).mean()), 3)})
@@ -266,5 +268,8 @@ def untrusted_points(report: dict) -> Optional[str]:
     if not report.get("used"):
         return report.get("reason")
     if report.get("rings_kept"):
-        return f"{report['rings_kept']} ring(s) kept from the clicks where the image shows no clear wall"
+        where = "; ".join("(" + ", ".join(f"{v:g}" for v in centre) + ")"
+                          for centre in report["rings_kept_at_mm"][:3])
+        return (f"{report['rings_kept']} ring(s) kept from the clicks where the image shows no clear wall, "
+                f"around {where} mm")
     return None
