@@ -275,9 +275,7 @@ def _image_phase(result: FitResult, image: Volume, edges: Optional[EdgeModel], r
         report.update({"used": edges is not None, "clicks": int(len(points_mm)), **learned})
         if edges is None:
             return result, loft
-    cap_planes = ((loft.cap_origins_mm, loft.cap_normals, loft.cap_radii_mm) if loft is not None and caps is not None
-                  else (np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0)))
-    extra, found = surface_points(result.sdf, image, edges, cap_planes,
+    extra, found = surface_points(result.sdf, image, edges, loft,
                                   grid_mm=SURFACE_GRID_REFIT_MM if warm else SURFACE_GRID_MM)
     report.update(found)
     if not len(extra):

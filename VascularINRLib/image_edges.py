@@ -227,12 +227,14 @@ def field_normals(sdf, points_mm: np.ndarray, step_mm: float = 0.5 * STEP_MM) ->
     return gradient / np.maximum(np.linalg.norm(gradient, axis=1, keepdims=True), 1e-12)
 
 
-def surface_points(sdf, volume: Volume, model: EdgeModel, caps: Tuple[np.ndarray, np.ndarray, np.ndarray],
-                   margin_mm: float = 5.0, grid_mm: float = SURFACE_GRID_MM) -> Tuple[np.ndarray, dict]:
+def surface_points(sdf, volume: Volume, model: EdgeModel, loft: Optional[Loft] = None, margin_mm: float = 5.0,
+                   grid_mm: float = SURFACE_GRID_MM) -> Tuple[np.ndarray, dict]:
     """Points on the image's wall near a fitted surface: the surface of `sdf` (a NeuralSDF) meshed on a
     grid of `grid_mm` around the clicks, thinned to one vertex per `grid_mm` cube, each
-    moved along the field's normal onto the wall `model` finds there. Not on an end cap (origins,
-    inward normals, radii, mm): there the user said where the vessel stops."""
+    moved along the field's normal onto the wall `model` finds there. With the `loft` of clicks on
+    slices, none on its end caps, and past its clicked span (`Loft.beyond_the_clicks`) the vertices
+    as they are: there the user said where the vessel stops, and the image (or more steps without
+    data there) would lengthen it."""
     from .surface import evaluate_grid, mesh_from_grid
     from vtk.util.numpy_support import vtk_to_numpy
 
@@ -247,18 +249,23 @@ def surface_points(sdf, volume: Volume, model: EdgeModel, caps: Tuple[np.ndarray
     vertices = vertices[np.abs(sdf.sdf(vertices)) < 0.25 * grid_mm]  # not the box's closing faces
     vertices = vertices[cKDTree(model.clicks).query(vertices)[0] <= SURFACE_REACH_MM]
     normals = field_normals(sdf, vertices)
-    origins, cap_normals, radii = caps
-    for origin, cap_normal, radius in zip(origins, cap_normals, radii):
-        offset = vertices - origin
-        along = offset @ cap_normal
-        sideways = np.linalg.norm(offset - along[:, None] * cap_normal, axis=1)
-        on_cap = (np.abs(along) < CAP_BAND_MM) & (np.abs(normals @ cap_normal) > 0.5) & (sideways < radius)
-        vertices, normals = vertices[~on_cap], normals[~on_cap]
+    held = np.zeros((0, 3))
+    if loft is not None:
+        beyond = loft.beyond_the_clicks(vertices)
+        held = vertices[beyond]  # past the clicks the surface stays where the fit put it
+        keep = ~beyond
+        for origin, cap_normal, radius in zip(loft.cap_origins_mm, loft.cap_normals, loft.cap_radii_mm):
+            offset = vertices - origin
+            along = offset @ cap_normal
+            sideways = np.linalg.norm(offset - along[:, None] * cap_normal, axis=1)
+            keep &= ~((np.abs(along) < CAP_BAND_MM) & (np.abs(normals @ cap_normal) > 0.5) & (sideways < radius))
+        vertices, normals = vertices[keep], normals[keep]
     if not len(vertices):
-        return np.zeros((0, 3)), {"surface_points": 0}
+        return held, {"surface_points": 0, "surface_points_held_past_the_clicks": int(len(held))}
     found, valid, overruled, _ = model.find(volume, vertices, normals, np.full(len(vertices), SEARCH_MM))
-    points = vertices[valid] + found[valid, None] * normals[valid]
+    points = np.vstack([vertices[valid] + found[valid, None] * normals[valid], held])
     return points, {"surface_points": int(valid.sum()), "surface_vertices": int(len(vertices)),
+                    "surface_points_held_past_the_clicks": int(len(held)),
                     "surface_points_where_clicks_overrule": int(overruled.sum()),
                     "surface_mean_shift_mm": round(float(np.abs(found[valid]).mean()), 3) if valid.any() else 0.0}
 

@@ -66,6 +66,40 @@ class Loft:
     # plane (zero for kept clicks); a ring's points run along it in order
     ring_of_point: Optional[np.ndarray] = None
     normals: Optional[np.ndarray] = None
+    # per contour fitted as a curve: its centre (world mm), its family's normal, its largest radius and
+    # its family's number: where the clicked span is (`beyond_the_clicks`)
+    outline_centres: Optional[np.ndarray] = None
+    outline_normals: Optional[np.ndarray] = None
+    outline_radii: Optional[np.ndarray] = None
+    outline_families: Optional[np.ndarray] = None
+
+    def beyond_the_clicks(self, points_mm: np.ndarray, margin_mm: float = 0.5) -> np.ndarray:
+        """Which points lie past the clicked span: for a family of parallel slices with two or more
+        levels, the slices' outlines near a point (laterally within 1.5 radii + 2 mm) all lie on one
+        side of it, more than `margin_mm` away. (Between two outlines, or beside a family's single
+        slice, a point is within the span.)"""
+        points = np.asarray(points_mm, dtype=np.float64)
+        beyond = np.zeros(len(points), dtype=bool)
+        if self.outline_centres is None or not len(self.outline_centres):
+            return beyond
+        for family in np.unique(self.outline_families):
+            members = np.flatnonzero(self.outline_families == family)
+            normal = self.outline_normals[members[0]]
+            levels = self.outline_centres[members] @ normal
+            if len(np.unique(np.round(levels, 6))) < 2:
+                continue
+            reach = CAP_RADIUS_FACTOR * self.outline_radii[members][None, :] + 2.0
+            for start in range(0, len(points), 4096):  # (points × outlines) at a time, bounded
+                chunk = points[start:start + 4096]
+                offset = chunk[:, None, :] - self.outline_centres[members][None, :, :]
+                lateral = np.linalg.norm(offset - (offset @ normal)[:, :, None] * normal, axis=2)
+                near = lateral < reach
+                low = np.where(near, levels[None, :], np.inf).min(axis=1)
+                high = np.where(near, levels[None, :], -np.inf).max(axis=1)
+                level = chunk @ normal
+                outside = (level < low - margin_mm) | (level > high + margin_mm)
+                beyond[start:start + 4096] |= near.any(axis=1) & outside
+        return beyond
 
 
 @dataclass
@@ -349,10 +383,11 @@ def _build_loft(points_mm, slices, noise_mm, ring_spacing_mm, interpolation_mm, 
     points_mm = np.asarray(points_mm, dtype=np.float64)
     used = np.zeros(len(points_mm), dtype=bool)
     ring_points, ring_radii, ring_gaps, ring_normals = [], [], [], []
+    outlines = []  # (centre, normal, radius, family) of each contour fitted as a curve
     caps = []
     all_contours: List[Contour] = []
     contour_count = chain_count = interpolated = 0
-    for family in _families(slices, points_mm):
+    for family_number, family in enumerate(_families(slices, points_mm)):
         frame: Frame = family["frame"]
         contours: List[Contour] = []
         members: List[np.ndarray] = []
@@ -435,6 +470,10 @@ def _build_loft(points_mm, slices, noise_mm, ring_spacing_mm, interpolation_mm, 
             if not any(j != i and contours[j].level == contours[i].level and only(j, beyond)
                        for j in range(len(contours))):
                 caps.append(cap)
+        for i, contour in enumerate(contours):
+            if used[members[i]].all():
+                outlines.append((frame.to_world(contour.coefficients[None, :2], contour.level)[0], frame.normal,
+                                 _largest_radius(contour.coefficients), family_number))
         all_contours.extend(contours)
         contour_count += len(contours)
         chain_count += len(chains)
@@ -460,7 +499,9 @@ def _build_loft(points_mm, slices, noise_mm, ring_spacing_mm, interpolation_mm, 
               "click_noise_mm": float(noise_mm)}
     return Loft(loft_points, radii, spacing,
                 np.array([c[0] for c in caps]).reshape(-1, 3), np.array([c[1] for c in caps]).reshape(-1, 3),
-                np.array([c[2] for c in caps]), report, all_contours, ring_of_point, normals)
+                np.array([c[2] for c in caps]), report, all_contours, ring_of_point, normals,
+                np.array([o[0] for o in outlines]).reshape(-1, 3), np.array([o[1] for o in outlines]).reshape(-1, 3),
+                np.array([o[2] for o in outlines], dtype=np.float64), np.array([o[3] for o in outlines], dtype=int))
 
 
 def outward_normals(curve: np.ndarray) -> np.ndarray:
