@@ -228,13 +228,14 @@ def plot_sweeps(entries: List[dict], path: Path, title: str) -> Optional[str]:
     from matplotlib import pyplot as plt
 
     panels = []
-    for key in list(SWEEPS) + ["clicks"]:
+    for key in list(SWEEPS) + ["click_count"]:
         points = {method: [] for method in METHODS}
         for m in entries:
             if m["span_dice"] is None:
                 continue
-            if key == "clicks" and m["case"].startswith(("sweep spacing_mm=", "sweep clicks=")) and m["clicks"]:
-                points[m["method"]].append((float(m["clicks"]), m["span_dice"]))
+            if key == "click_count":
+                if m["case"].startswith(("sweep spacing_mm=", "sweep clicks=")) and m["clicks"]:
+                    points[m["method"]].append((float(m["clicks"]), m["span_dice"]))
             elif m["case"].startswith(f"sweep {key}="):
                 points[m["method"]].append((float(m["case"].split("=")[1]), m["span_dice"]))
         panels.append((key, points))
@@ -246,7 +247,7 @@ def plot_sweeps(entries: List[dict], path: Path, title: str) -> Optional[str]:
             if points[method]:
                 x, y = zip(*sorted(points[method]))
                 axis.plot(x, y, style, label=METHOD_LABELS[method])
-        axis.set_xlabel(SWEEP_LABELS.get(key, "clicks (the S and k sweeps)"))
+        axis.set_xlabel(SWEEP_LABELS.get(key, "clicks in all (the S and k sweeps)"))
         axis.set_ylabel("Dice in the clicked span (median)")
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize=8, loc="lower right")
