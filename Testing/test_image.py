@@ -110,9 +110,10 @@ def test_the_cli_fits_with_an_image_and_refuses_a_wrong_file(tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["image"]["used"] and report["image"]["lumen_brighter"]
     assert report["config"]["point_noise_mm"] == 0.5  # half the in-plane voxel
+    before = (tmp_path / "out.stl").read_bytes()
     bad = subprocess.run(command + ["--image", str(csv)], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "clicks.csv" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "out.stl").exists() or good.returncode == 0
+    assert (tmp_path / "out.stl").read_bytes() == before  # the surface the user had is kept
 
 
 @pytest.fixture(scope="module")

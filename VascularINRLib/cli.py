@@ -12,7 +12,6 @@ from pathlib import Path
 from .errors import FitCancelled, InputError
 
 PROG = "vascular-inr"
-IMAGE_MARGIN_MM = 15.0  # --image: the volume is read within this margin of the points
 MESH_SUFFIXES = (".stl", ".vtp", ".ply", ".obj", ".vtk")
 
 
@@ -103,12 +102,11 @@ def command_fit(args) -> int:
     if args.image:
         from dataclasses import replace
 
-        from .volume import read_volume
+        from .volume import CLICK_MARGIN_MM, click_error_mm, read_volume
 
-        image = read_volume(args.image).crop(points, IMAGE_MARGIN_MM)
+        image = read_volume(args.image).crop(points, CLICK_MARGIN_MM)
         if args.point_noise is None:  # clicks on this image: about half its in-plane voxel off the wall
-            in_plane = sorted(float(value) for value in image.spacing_mm)[:2]
-            config = replace(config, point_noise_mm=round(0.25 * sum(in_plane), 4))
+            config = replace(config, point_noise_mm=click_error_mm(image.spacing_mm))
     result, surface, report = fit_and_mesh(points, config, args, image=image)
     write_mesh(surface.polydata, output)
     if args.checkpoint:

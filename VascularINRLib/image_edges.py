@@ -108,9 +108,10 @@ class EdgeModel:
 
     @classmethod
     def learn(cls, volume: Volume, clicks: np.ndarray, normals: np.ndarray, radii: np.ndarray,
-              sigma_mm: float) -> Tuple[Optional["EdgeModel"], dict]:
+              sigma_mm: float, anchors: Optional[np.ndarray] = None) -> Tuple[Optional["EdgeModel"], dict]:
         """From the clicks' profiles along `normals` (outward, unit) with the vessel's `radii` there:
-        the model, or None when too few clicks sit on an edge of the image; and a report."""
+        the model, or None when too few clicks sit on an edge of the image; and a report. `anchors`:
+        the clicks that hold the wall (default: `clicks`)."""
         inside, outside, sign, agree = _levels_at_clicks(volume, clicks, normals, radii, sigma_mm)
         agreement = float(agree.mean()) if len(agree) else 0.0
         report = {"clicks_on_edge": round(agreement, 3), "lumen_brighter": bool(sign > 0)}
@@ -121,7 +122,7 @@ class EdgeModel:
         report.update({"lumen_level": round(float(np.median(inside[agree])), 1),
                        "background_level": round(float(np.median(outside[agree])), 1)})
         return cls(clicks[agree], 0.5 * (inside + outside)[agree], sign * (inside - outside)[agree], sign,
-                   float(sigma_mm), clicks), report
+                   float(sigma_mm), clicks if anchors is None else anchors), report
 
     def find(self, volume: Volume, points: np.ndarray, normals: np.ndarray, inward_mm: np.ndarray):
         """Each point's offset along its normal to the wall (searching `SEARCH_MM` out and `inward_mm`
@@ -185,11 +186,10 @@ def guide_loft(loft: Loft, volume: Volume, clicks_mm: np.ndarray,
     distance, nearest = cKDTree(ring_points).query(clicks)
     close = distance <= ANCHOR_SIGMAS * sigma_mm + 1.5
     model, learned = EdgeModel.learn(volume, clicks[close], ring_normals[nearest[close]], ring_radii[nearest[close]],
-                                     sigma_mm)
+                                     sigma_mm, anchors=clicks)
     report.update(learned)
     if model is None:
         return loft, report, None
-    model.clicks = clicks
     found, valid, overruled, allowed = model.find(volume, ring_points, ring_normals,
                                                   np.minimum(SEARCH_MM, INWARD_FRACTION * ring_radii))
     moved = loft.points_mm.copy()

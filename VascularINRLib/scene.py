@@ -61,8 +61,6 @@ POINT_LIST_CLASSES = ("vtkMRMLMarkupsFiducialNode", "vtkMRMLMarkupsCurveNode")
 POINT_EVENTS = ("PointAddedEvent", "PointModifiedEvent", "PointRemovedEvent", "PointPositionDefinedEvent",
                 "PointPositionUndefinedEvent")
 MIN_POINTS = 10
-CLICK_ERROR_VOXELS = 0.5  # a click misses the wall by about half a voxel (σ), in the slice plane
-IMAGE_MARGIN_MM = 15.0  # the volume handed to a fit: the clicks' bounding box and this much around it
 
 
 @dataclass
@@ -364,15 +362,12 @@ class SceneLogic:
             volume = None
         if volume is None and self.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"):
             volume = self.scene.GetNthNodeByClass(0, "vtkMRMLScalarVolumeNode")
-        noise = None
-        if volume is not None:
-            spacing = sorted(float(value) for value in volume.GetSpacing())
-            if all(np.isfinite(spacing)) and spacing[0] > 0:
-                noise = round(CLICK_ERROR_VOXELS * 0.5 * (spacing[0] + spacing[1]), 4)
-        hints = ClickHints(noise, directions)
+        from .volume import CLICK_MARGIN_MM, click_error_mm
+
+        hints = ClickHints(click_error_mm(volume.GetSpacing()) if volume is not None else None, directions)
         if volume is not None and points is not None and len(points) and self.settings.use_image:
             try:
-                hints.image = volume_of_node(volume).crop(points, IMAGE_MARGIN_MM)
+                hints.image = volume_of_node(volume).crop(points, CLICK_MARGIN_MM)
             except InputError as error:
                 hints.image_note = f"'{volume.GetName()}' is not used: {error}"
         return hints

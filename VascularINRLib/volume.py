@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -17,6 +17,8 @@ from scipy import ndimage
 from .errors import InputError
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+CLICK_ERROR_VOXELS = 0.5  # a click misses the wall by about half a voxel (σ), in the slice plane
+CLICK_MARGIN_MM = 15.0  # the volume a fit gets: the clicks' bounding box and this much around it
 MAX_VOXELS = 1024 ** 3  # a volume file claiming more than this is refused before reading its voxels
 FORMATS = (".nrrd", ".nhdr", ".mha", ".mhd", ".nii", ".nii.gz")
 
@@ -82,6 +84,15 @@ class Volume:
         matrix = self.ijk_to_ras.copy()
         matrix[:3, 3] = self.ijk_to_ras[:3, :3] @ start[::-1].astype(np.float64) + self.ijk_to_ras[:3, 3]
         return Volume(array, matrix)
+
+
+def click_error_mm(spacing) -> Optional[float]:
+    """σ of a click on a volume with this voxel `spacing` (mm): half its in-plane voxel (the mean of
+    its two finest spacings); None for a spacing that is not positive and finite."""
+    finest = sorted(float(value) for value in spacing)[:2]
+    if len(finest) < 2 or not all(np.isfinite(finest)) or finest[0] <= 0:
+        return None
+    return round(CLICK_ERROR_VOXELS * 0.5 * sum(finest), 4)
 
 
 def read_volume(path) -> Volume:

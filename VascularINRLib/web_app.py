@@ -308,11 +308,11 @@ class VascularWebApp:
         models = []
         for model in self.logic.models():
             polydata = model.GetPolyData()
+            fit = self.logic.report_of(model).get("fit", {})
             models.append({"id": model.GetID(), "name": model.GetName(),
                            "structure": model.GetAttribute("VascularINR.Structure"),
                            "points": int(polydata.GetNumberOfPoints()) if polydata is not None else 0,
-                           "fit": self.logic.report_of(model).get("fit", {}).get("points"),
-                           "image": self.logic.report_of(model).get("fit", {}).get("image")})
+                           "fit": fit.get("points"), "image": fit.get("image")})
         views = {}
         for tag in ("Red", "Yellow", "Green"):
             view = self.slicer_app.view_manager.get_view(tag)
