@@ -533,3 +533,57 @@ def test_blend_end_to_end(scene, logic, events, branch_points, tmp_path):
         assert json.loads(again.models("blend")[0].GetAttribute("VascularINR.BlendK")) == 4.0
     finally:
         again.shutdown()
+
+
+def test_cfd_export_from_planes_the_user_moved(scene, logic, events, tmp_path):
+    """Clicks on axial slices of the phantom -> fitted model -> one plane per end (inside the clicked
+    span, square to the vessel) -> the user moves the inlet's plane and names another end the inlet ->
+    the CFD folder and a model coloured by its faces."""
+    from VascularINRLib.annotator import click_slices
+    from VascularINRLib.cfd_files import read_ascii_stl_solids
+    from VascularINRLib.scene import ATTRIBUTE_CUT, REFERENCE_CFD_SOURCE
+
+    clicks = click_slices(phantoms.aaa_lumen().mesh(), 8.0, 6, 0.3, "z", 0)
+    points = add_points(scene, clicks.points, "Clicks")
+    logic.settings = FitSettings("fast", 128, "cpu", {"max_iterations": 500})
+    assert logic.request_fit(points)
+    wait(logic, events)
+    model = logic.model_for_points(points)
+    assert not logic.request_cfd_export(model, tmp_path / "none")
+    assert "no cut planes" in logic.status.message
+    planes = logic.propose_cfd_cuts(model)
+    assert [logic.cut_of_plane(p).name for p in planes] == ["inlet", "outlet_1", "outlet_2"]
+    low, high = clicks.points[:, 2].min(), clicks.points[:, 2].max()
+    for plane in planes:
+        assert plane.GetNodeReferenceID(REFERENCE_CFD_SOURCE) == model.GetID()
+        assert low < plane.GetCenterWorld()[2] < high  # inside the span the user clicked
+        assert abs(plane.GetNormalWorld()[2]) > 0.9  # the phantom runs along z
+    inlet = planes[0]
+    centre = np.array(inlet.GetCenterWorld()) - 3.0 * np.array(inlet.GetNormalWorld())
+    inlet.SetCenterWorld(*centre)
+    logic.set_cfd_inlet(model, planes[1])
+    assert logic.cut_of_plane(planes[1]).name == "inlet" and logic.cut_of_plane(planes[0]).name == "outlet_1"
+    assert logic.cfd_planes(model)[0] is planes[1]
+    for bad in [dict(units="inch"), dict(edge_length_mm=-1.0), dict(extend_diameters=float("nan"))]:
+        assert not logic.request_cfd_export(model, tmp_path / "bad", **bad)
+        assert logic.status.state == "error"
+    folder = tmp_path / "cfd"
+    assert logic.request_cfd_export(model, folder, units="cm")
+    wait(logic, events)
+    assert logic.status.state == "done", logic.status.message
+    assert "exported for CFD" in logic.status.message
+    cfd_model = logic.models("cfd")[0]
+    labels = numpy_support.vtk_to_numpy(cfd_model.GetPolyData().GetCellData().GetArray("ModelFaceID"))
+    assert sorted(set(labels.tolist())) == [1, 2, 3, 4]
+    assert cfd_model.GetDisplayNode().GetActiveScalarName() == "ModelFaceID"
+    report = json.loads((folder / "cfd.json").read_text())
+    assert report["units"] == "cm" and report["checks"]["boundary_edges"] == 0
+    moved = next(face for face in report["faces"] if face["name"] == "cap_outlet_1")
+    assert np.allclose(np.array(moved["centre"]) * 10.0, centre, atol=0.6)  # the plane the user moved, in cm
+    assert set(read_ascii_stl_solids(folder / "model.stl")) == {"wall", "cap_inlet", "cap_outlet_1", "cap_outlet_2"}
+    assert all(plane.GetAttribute(ATTRIBUTE_CUT) for plane in planes)
+    # a folder of other files is refused, and a second export updates the same CFD model
+    assert not logic.request_cfd_export(model, tmp_path)
+    assert logic.request_cfd_export(model, folder, extend_diameters=2.0)
+    wait(logic, events)
+    assert logic.models("cfd") == [cfd_model] and logic.status.state == "done"

@@ -292,6 +292,71 @@ def command_blend(args) -> int:
     return 0
 
 
+def command_cfd(args) -> int:
+    """Cut the ends square, cap them flat, remesh evenly, label the faces, write every CFD format."""
+    from .cfd import build_cfd_model, load_model_surface
+    from .cfd_files import REPORT, check_cfd_folder, write_cfd_folder
+    from .vessel_ends import name_cuts, propose_cuts
+
+    if args.output is None and not args.list_ends:
+        raise InputError("give an output folder with -o DIR (or --list-ends to see the ends only)")
+    folder = check_cfd_folder(args.output) if args.output is not None else None
+    for value, what in [(args.edge_length, "--edge-length"), (args.extend, "--extend"), (args.voxel, "--voxel")]:
+        if value is not None and not math.isfinite(value):
+            raise InputError(f"{what} must be a finite number, got {value}")
+    if args.edge_length is not None and args.edge_length <= 0:
+        raise InputError(f"--edge-length must be a positive number of mm, got {args.edge_length}")
+    if args.extend < 0:
+        raise InputError(f"--extend must be 0 or more diameters, got {args.extend}")
+    if not Path(args.model).is_file():
+        raise InputError(f"model {args.model} does not exist")
+    points = None
+    if args.points:
+        from .points_io import read_points
+
+        points = read_points(args.points)
+    surface, flat_ends, what = load_model_surface(args.model, args.voxel, args.surface)
+    inlet = None if args.inlet is None else args.inlet - 1
+    if args.cuts:
+        cuts = _read_cuts(args.cuts)
+        if args.inlet is not None:
+            cuts = name_cuts(cuts, inlet)
+    else:
+        cuts = propose_cuts(surface, points, flat_ends, inlet=inlet)
+    say = (lambda text: None) if args.quiet else (lambda text: print(f"{PROG}: {text}", file=sys.stderr))
+    if args.list_ends:
+        for number, cut in enumerate(cuts, start=1):
+            print(f"{number}: {cut.name}: centre {_xyz(cut.centre)} mm, normal {_xyz(cut.normal, 3)}, "
+                  f"radius {cut.radius_mm:.2f} mm")
+        return 0
+    model = build_cfd_model(surface, cuts, args.edge_length, args.extend, progress=say)
+    report = write_cfd_folder(model, folder, units=args.units, lps=args.lps, source=what)
+    checks = report["checks"]
+    print(f"{folder}: {len(cuts)} end(s) ({', '.join(c.name for c in cuts)}), {checks['triangles']} triangles at "
+          f"h = {model.edge_length_mm:.3g} mm, smallest angle {checks['smallest_angle_degrees']:.1f} deg, "
+          f"{'closed' if checks['boundary_edges'] == 0 and checks['non_manifold_edges'] == 0 else 'NOT closed'}, "
+          f"{checks['self_intersections']} self-intersection(s); units {args.units}; report {folder / REPORT}")
+    return 0
+
+
+def _xyz(values, digits: int = 1) -> str:
+    return "(" + ", ".join(f"{float(v):.{digits}f}" for v in values) + ")"
+
+
+def _read_cuts(path):
+    from .vessel_ends import EndCut
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(f"cuts file {path} cannot be read: {error}") from None
+    entries = data.get("cuts_mm") if isinstance(data, dict) else data
+    if not isinstance(entries, list) or not entries:
+        raise InputError(f"cuts file {path} holds no cuts (a list, or a cfd.json with cuts_mm)")
+    return [EndCut.from_dict(entry, f"cuts file {path}") for entry in entries]
+
+
 def command_reproduce(args) -> int:
     """The paper's three experiments on the data at hand: results.json, results.md and PNGs in a folder."""
     from .reproduce import command_line, default_data_dir, run
@@ -474,6 +539,31 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--export-dir", metavar="DIR",
                        help="folder for exported surfaces and saved scenes (default: a new temporary folder)")
     serve.set_defaults(handler=command_serve)
+
+    cfd = sub.add_parser("cfd", help="a CFD-ready model: ends cut square, flat caps, even triangles, labelled faces",
+                         description="Cut each open end of a fitted model square to the vessel, cap it flat, remesh "
+                                     "the surface with even triangles and write it labelled for SimVascular, VMTK, "
+                                     "OpenFOAM, Fluent and STAR-CCM+ (model.vtp + .facenames, multi-solid model.stl, "
+                                     "faces/*.stl, model_open.vtp, cfd.json, faces.png).")
+    cfd.add_argument("model", metavar="MODEL", help="checkpoint (.pt) or closed surface (.stl .vtp .ply .obj .vtk)")
+    cfd.add_argument("-o", "--output", metavar="DIR", help="output folder (new, empty, or written by cfd before)")
+    cfd.add_argument("--points", metavar="FILE", help="the fitted points: each cut lies inside its end's last points")
+    cfd.add_argument("--inlet", type=int, metavar="N", help="which end is the inlet (numbered as --list-ends prints; "
+                                                           "default: the widest)")
+    cfd.add_argument("--cuts", metavar="JSON", help="the cuts to use (a cfd.json, or a list of cuts): edit a plane "
+                                                   "and cut again")
+    cfd.add_argument("--edge-length", type=float, metavar="MM",
+                     help="target edge length h (default: the smallest end's radius / 2.5)")
+    cfd.add_argument("--extend", type=float, default=0.0, metavar="D",
+                     help="flow extensions, D diameters long (default 0; 5-10 are common)")
+    cfd.add_argument("--units", choices=("mm", "cm", "m"), default="mm", help="units of the files (default mm)")
+    cfd.add_argument("--lps", action="store_true", help="write x and y negated (RAS to LPS)")
+    cfd.add_argument("--voxel", type=float, default=0.5, metavar="MM",
+                     help="grid spacing for meshing a checkpoint (default 0.5)")
+    cfd.add_argument("--surface", metavar="NAME", help="which surface of a multi-output checkpoint (e.g. lumen)")
+    cfd.add_argument("--list-ends", action="store_true", help="print the proposed cuts and stop")
+    cfd.add_argument("--quiet", action="store_true", help="no progress lines")
+    cfd.set_defaults(handler=command_cfd)
 
     reproduce = sub.add_parser("reproduce", help="the paper's experiments (robustness, nested walls, blending) "
                                "and clicks on slices, as figures and tables",

@@ -32,11 +32,22 @@ def _points_actor(points_mm: np.ndarray, radius_px: float = 6.0) -> vtk.vtkActor
     return actor
 
 
+def _principal_axes(surfaces: Sequence[vtk.vtkPolyData]) -> np.ndarray:
+    from vtk.util import numpy_support
+
+    points = np.concatenate([numpy_support.vtk_to_numpy(s.GetPoints().GetData()) for s in surfaces
+                             if s.GetNumberOfPoints()])
+    _, _, vt = np.linalg.svd(points - points.mean(axis=0), full_matrices=False)
+    return vt
+
+
 def render_png(path, surfaces: Sequence[vtk.vtkPolyData], points_mm: Optional[np.ndarray] = None,
                colours: Optional[Sequence[Tuple[float, float, float]]] = None,
                opacities: Optional[Sequence[float]] = None, size=(900, 900),
-               view: str = "anterior", title: Optional[str] = None) -> str:
-    """Render surfaces (and points) to a PNG; view 'anterior' looks at RAS coordinates from the front."""
+               view: str = "anterior", title: Optional[str] = None, show_edges: bool = False) -> str:
+    """Render surfaces (and points) to a PNG; view 'anterior' looks at RAS coordinates from the front,
+    'broadside' across the surfaces' flattest direction;
+    `show_edges` draws the triangles' edges."""
     renderer = vtk.vtkRenderer()
     renderer.SetBackground(1.0, 1.0, 1.0)
     for index, polydata in enumerate(surfaces):
@@ -49,6 +60,10 @@ def render_png(path, surfaces: Sequence[vtk.vtkPolyData], points_mm: Optional[np
         actor.GetProperty().SetColor(*colour)
         actor.GetProperty().SetOpacity(opacities[index] if opacities else 1.0)
         actor.GetProperty().SetSpecular(0.3)
+        if show_edges:
+            actor.GetProperty().EdgeVisibilityOn()
+            actor.GetProperty().SetEdgeColor(0.15, 0.15, 0.15)
+            actor.GetProperty().SetLineWidth(0.6)
         renderer.AddActor(actor)
     if points_mm is not None and len(points_mm):
         renderer.AddActor(_points_actor(points_mm))
@@ -61,8 +76,16 @@ def render_png(path, surfaces: Sequence[vtk.vtkPolyData], points_mm: Optional[np
         renderer.AddViewProp(text)
     camera = renderer.GetActiveCamera()
     camera.SetFocalPoint(0, 0, 0)
-    camera.SetPosition(*((0, 1, 0) if view == "anterior" else (1, 0, 0)))
-    camera.SetViewUp(0, 0, 1)
+    if view == "broadside":  # across the shape's flattest direction, its longest one upwards
+        axes = _principal_axes(surfaces)
+        camera.SetPosition(*axes[2])
+        camera.SetViewUp(*axes[0])
+        camera.Azimuth(35.0)  # a little from the side, so that flat ends show
+        camera.Elevation(20.0)
+        camera.OrthogonalizeViewUp()
+    else:
+        camera.SetPosition(*((0, 1, 0) if view == "anterior" else (1, 0, 0)))
+        camera.SetViewUp(0, 0, 1)
     renderer.ResetCamera()
     window = vtk.vtkRenderWindow()
     window.SetOffScreenRendering(1)

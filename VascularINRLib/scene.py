@@ -45,6 +45,8 @@ ATTRIBUTE_OUTPUT = "VascularINR.Output"  # which network output this model is (n
 ATTRIBUTE_BLEND_K = "VascularINR.BlendK"  # smoothing of a blend, mm
 REFERENCE_POINTS = "VascularINR.Points"  # model -> the point list it was fitted to
 REFERENCE_BLEND_SOURCE = "VascularINR.BlendSource"  # blend model -> its source models
+REFERENCE_CFD_SOURCE = "VascularINR.CFDSource"  # CFD model or cut plane -> the model it was made from
+ATTRIBUTE_CUT = "VascularINR.Cut"  # cut plane -> JSON of its vessel_ends.EndCut (radius, reach, tip, name)
 
 STRUCTURE_COLOURS = {
     "vessel": (0.90, 0.30, 0.25),
@@ -52,7 +54,9 @@ STRUCTURE_COLOURS = {
     "inner_wall": (0.95, 0.80, 0.30),
     "outer_wall": (0.40, 0.60, 0.95),
     "blend": (0.70, 0.45, 0.85),
+    "cfd": (0.85, 0.82, 0.78),
 }
+CFD_UNITS = ("mm", "cm", "m")
 NESTED_WALLS = ("lumen", "inner_wall", "outer_wall")
 NESTED_MODES = ("guaranteed", "joint", "separate")
 COORDINATE_SYSTEMS = ("LPS", "RAS")
@@ -111,7 +115,7 @@ class _Task:
     """A request in flight: the nodes it reads and writes, checked when its outcome arrives."""
 
     key: str
-    kind: str  # fit | nested | blend
+    kind: str  # fit | nested | blend | cfd
     label: str
     inputs: List  # point lists or source models that must still exist
     outputs: Dict[str, object]  # structure -> model node to update, None to create
@@ -252,6 +256,22 @@ def blend_job(sources: Sequence[tuple], k_mm: float, settings: FitSettings,
     summary = {"blend": {"k_mm": k_mm, "sources": [name for _, _, name in sources]},
                "surfaces": {"blend": result.report}}
     return _Outcome({"blend": result.polydata}, None, summary, result.sdf)
+
+
+def cfd_job(surface: vtk.vtkPolyData, cuts: list, folder: str, edge_length_mm: Optional[float],
+            extend_diameters: float, units: str, lps: bool, source: str, cancel_event: threading.Event,
+            report) -> _Outcome:
+    """Cut, remesh, cap and label a copy of a model's surface, and write the CFD folder."""
+    from .cfd import build_cfd_model
+    from .cfd_files import write_cfd_folder
+
+    report(0.0, "cutting the ends", True)
+    model = build_cfd_model(surface, cuts, edge_length_mm, extend_diameters,
+                            progress=lambda text: report(0.3, text, True))
+    _check_cancel(cancel_event)
+    report(0.8, "checking and writing the files", True)
+    written = write_cfd_folder(model, folder, units=units, lps=lps, source=source)
+    return _Outcome({"cfd": model.polydata}, None, {"cfd": written, "folder": str(folder)})
 
 
 # --- the logic -----------------------------------------------------------------------------------
@@ -617,6 +637,131 @@ class SceneLogic:
         self._set_status("done", f"Exported '{model_node.GetName()}' to {path} ({coordinate_system}, mm)")
         return path
 
+    # --- CFD export panel ----------------------------------------------------------------------------
+
+    def propose_cfd_cuts(self, model_node, inlet: Optional[int] = None) -> list:
+        """One markups plane per open end of a fitted model, square to the vessel and inside the part
+        its points describe (vessel_ends.propose_cuts); the user may move or tilt them before
+        exporting. Earlier planes of this model are replaced. Returns the planes, inlet first."""
+        self._require_main_thread()
+        from .vessel_ends import propose_cuts
+
+        try:
+            surface = self._model_surface(model_node)
+            points = flat_ends = None
+            points_node = model_node.GetNodeReference(REFERENCE_POINTS)
+            if points_node is not None and self.scene.IsNodePresent(points_node):
+                points = self.points_of(points_node)
+            sdf = self.network_of(model_node)
+            if sdf is not None and sdf.end_caps is not None:
+                caps, scale = sdf.end_caps, sdf.normalization.scale_mm
+                origins = sdf.normalization.to_world(caps.origins)
+                flat_ends = [(origins[i], caps.normals[i], float(caps.radii[i] * scale)) for i in range(len(caps))]
+            cuts = propose_cuts(surface, points, flat_ends, inlet=inlet)
+        except InputError as error:
+            self._set_status("error", _sentence(error))
+            return []
+        for plane in self.cfd_planes(model_node):
+            self.scene.RemoveNode(plane)
+        planes = [self._cut_plane(model_node, cut) for cut in cuts]
+        self._set_status("done", f"{len(cuts)} end(s) of '{model_node.GetName()}': "
+                                 + ", ".join(f"{cut.name} (radius {cut.radius_mm:.1f} mm)" for cut in cuts)
+                                 + "; move or tilt a plane to change its cut")
+        return planes
+
+    def _model_surface(self, model_node) -> vtk.vtkPolyData:
+        if model_node is None or not model_node.IsA("vtkMRMLModelNode") or not self.scene.IsNodePresent(model_node):
+            raise InputError("select a fitted model")
+        polydata = model_node.GetPolyData()
+        if polydata is None or polydata.GetNumberOfPolys() == 0:
+            raise InputError(f"'{model_node.GetName()}' has no surface yet")
+        if model_node.GetParentTransformNode() is not None:
+            raise InputError(f"'{model_node.GetName()}' lies under a transform: harden it first")
+        surface = vtk.vtkPolyData()
+        surface.DeepCopy(polydata)
+        return surface
+
+    def _cut_plane(self, model_node, cut):
+        plane = self.scene.AddNewNodeByClass("vtkMRMLMarkupsPlaneNode",
+                                             self.scene.GenerateUniqueName(f"{model_node.GetName()} {cut.name}"))
+        plane.SetSizeMode(plane.SizeModeAbsolute)
+        plane.SetSizeWorld(2.6 * cut.radius_mm, 2.6 * cut.radius_mm)
+        plane.SetCenterWorld(*[float(v) for v in cut.centre])
+        plane.SetNormalWorld(*[float(v) for v in cut.normal])
+        plane.SetAttribute(ATTRIBUTE_CUT, json.dumps(cut.as_dict()))
+        plane.SetNodeReferenceID(REFERENCE_CFD_SOURCE, model_node.GetID())
+        plane.CreateDefaultDisplayNodes()
+        return plane
+
+    def cfd_planes(self, model_node) -> list:
+        """The cut planes of `model_node`, the inlet first, then the outlets in order."""
+        found = []
+        for index in range(self.scene.GetNumberOfNodesByClass("vtkMRMLMarkupsPlaneNode")):
+            plane = self.scene.GetNthNodeByClass(index, "vtkMRMLMarkupsPlaneNode")
+            if (model_node is not None and plane.GetAttribute(ATTRIBUTE_CUT)
+                    and plane.GetNodeReferenceID(REFERENCE_CFD_SOURCE) == model_node.GetID()):
+                found.append(plane)
+        return sorted(found, key=lambda plane: _cut_order(self.cut_of_plane(plane).name))
+
+    @staticmethod
+    def cut_of_plane(plane):
+        """The EndCut a plane stands for, where the user has moved or tilted it."""
+        from .vessel_ends import EndCut
+
+        data = json.loads(plane.GetAttribute(ATTRIBUTE_CUT))
+        data["centre_mm"] = list(plane.GetCenterWorld())
+        data["normal"] = list(plane.GetNormalWorld())
+        return EndCut.from_dict(data, f"plane '{plane.GetName()}'")
+
+    def set_cfd_inlet(self, model_node, inlet_plane) -> None:
+        """Make `inlet_plane` the inlet of `model_node`; the other ends become outlets in their order."""
+        self._require_main_thread()
+        from .vessel_ends import name_cuts
+
+        planes = self.cfd_planes(model_node)
+        if inlet_plane not in planes:
+            self._set_status("error", "that plane does not cut this model")
+            return
+        cuts = name_cuts([self.cut_of_plane(plane) for plane in planes], planes.index(inlet_plane))
+        for plane, cut in zip(planes, cuts):
+            plane.SetAttribute(ATTRIBUTE_CUT, json.dumps(cut.as_dict()))
+            plane.SetName(self.scene.GenerateUniqueName(f"{model_node.GetName()} {cut.name}"))
+
+    def request_cfd_export(self, model_node, folder, edge_length_mm: Optional[float] = None,
+                           extend_diameters: float = 0.0, units: str = "mm", coordinate_system: str = "RAS") -> bool:
+        """Cut the model at its planes, remesh, cap and label it, write the CFD folder (cfd_files) and
+        show the labelled model in the scene. False with a status message on bad input."""
+        self._require_main_thread()
+        try:
+            surface = self._model_surface(model_node)
+            planes = self.cfd_planes(model_node)
+            if not planes:
+                raise InputError(f"'{model_node.GetName()}' has no cut planes: propose them first")
+            cuts = [self.cut_of_plane(plane) for plane in planes]
+            if edge_length_mm is not None and not (math.isfinite(edge_length_mm) and edge_length_mm > 0):
+                raise InputError(f"the edge length must be a positive number of mm, got {edge_length_mm}")
+            if not (math.isfinite(extend_diameters) and extend_diameters >= 0):
+                raise InputError(f"flow extensions must be 0 or more diameters, got {extend_diameters}")
+            if units not in CFD_UNITS:
+                raise InputError(f"units must be one of {', '.join(CFD_UNITS)}, got {units!r}")
+            if coordinate_system.upper() not in COORDINATE_SYSTEMS:
+                raise InputError(f"coordinate system must be LPS or RAS, got {coordinate_system!r}")
+            from .cfd_files import check_cfd_folder
+
+            folder = check_cfd_folder(folder)
+        except InputError as error:
+            self._set_status("error", _sentence(error))
+            return False
+        key = "cfd:" + model_node.GetID()
+        existing = next((model for model in self.models("cfd")
+                         if model.GetNodeReferenceID(REFERENCE_CFD_SOURCE) == model_node.GetID()), None)
+        task = _Task(key, "cfd", model_node.GetName(), [model_node, *planes], {"cfd": existing})
+        job = functools.partial(cfd_job, surface, cuts, str(folder), edge_length_mm, float(extend_diameters), units,
+                                coordinate_system.upper() == "LPS", f"model '{model_node.GetName()}'")
+        self._submit(task, job, debounce_s=0.0)
+        self._set_status("scheduled", f"CFD export of {model_node.GetName()} scheduled", 0.0, key)
+        return True
+
     # --- demo data --------------------------------------------------------------------------------
 
     def add_phantom_ct(self, spacing_mm=(1.0, 1.0, 1.0), name: str = "AAA phantom CT"):
@@ -698,6 +843,10 @@ class SceneLogic:
         self._set_status("done", self._done_message(task, outcome, updated), 1.0, task.key)
 
     def _link(self, task: _Task, model, structure: str) -> None:
+        if task.kind == "cfd":
+            model.SetNodeReferenceID(REFERENCE_CFD_SOURCE, task.inputs[0].GetID())
+            _show_faces(model)
+            return
         if task.kind == "blend":
             model.RemoveNodeReferenceIDs(REFERENCE_BLEND_SOURCE)
             for source in task.inputs:
@@ -714,6 +863,8 @@ class SceneLogic:
             return f"{task.label} surface"
         if task.kind == "nested":
             return f"{task.inputs[list(task.outputs).index(structure)].GetName()} {structure.replace('_', ' ')}"
+        if task.kind == "cfd":
+            return f"{task.label} CFD"
         return "Blend"
 
     @staticmethod
@@ -722,6 +873,13 @@ class SceneLogic:
         names = ", ".join(f"'{name}'" for name in updated)
         if task.kind == "blend":
             return f"{names} updated: blend of {task.label}, k = {task.blend_k_mm:g} mm"
+        if task.kind == "cfd":
+            written, checks = outcome.report["cfd"], outcome.report["cfd"]["checks"]
+            return (f"{names}: {task.label} exported for CFD to {outcome.report['folder']}: "
+                    f"{', '.join(face['name'] for face in written['faces'])}; {checks['triangles']} triangles at "
+                    f"h = {written['edge_length_target']:g} {written['units']}, smallest angle "
+                    f"{checks['smallest_angle_degrees']:.0f} deg, "
+                    f"{'closed' if checks['boundary_edges'] == 0 else 'NOT closed'}")
         points = fit.get("points")
         residual = fit.get("mean_abs_sdf_at_points_mm")
         details = []
@@ -807,6 +965,25 @@ def volume_of_node(node) -> "Volume":
         transform.GetMatrixTransformToWorld(to_world)
         vtk.vtkMatrix4x4.Multiply4x4(to_world, matrix, matrix)
     return Volume(array, np.array([[matrix.GetElement(row, column) for column in range(4)] for row in range(4)]))
+
+
+def _cut_order(name: str) -> tuple:
+    """inlet, outlet_1, outlet_2, … in that order."""
+    tail = name.rsplit("_", 1)[-1]
+    return (name != "inlet", int(tail) if tail.isdigit() else 0, name)
+
+
+def _show_faces(model) -> None:
+    """Colour a CFD model by its faces (ModelFaceID), where the scene has a label colour table."""
+    display = model.GetDisplayNode()
+    if display is None:
+        return
+    display.SetActiveScalar("ModelFaceID", vtk.vtkAssignAttribute.CELL_DATA)
+    colours = model.GetScene().GetNodeByID("vtkMRMLColorTableNodeLabels") if model.GetScene() else None
+    if colours is not None:
+        display.SetAndObserveColorNodeID(colours.GetID())
+    display.SetScalarRangeFlag(display.UseColorNodeScalarRange if colours is not None else display.UseDataScalarRange)
+    display.SetScalarVisibility(True)
 
 
 def _kind(node) -> str:
