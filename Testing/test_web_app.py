@@ -215,6 +215,28 @@ def test_browser_workflow(server, tmp_path):
             page.screenshot(path=str(screenshot))
             if os.environ.get("VASCULAR_INR_WEB_SCREENSHOT"):
                 shutil.copyfile(screenshot, os.environ["VASCULAR_INR_WEB_SCREENSHOT"])
+
+            # CFD: the ends of the fitted segment, one slid 2 mm into the vessel, exported as a folder
+            page.click("#vinr-cfd-ends")
+            ends = wait_for(lambda i: len(i.get("cfd_ends", [])) == 2, "two ends")["cfd_ends"]
+            assert [end["name"] for end in ends] == ["inlet", "outlet_1"]
+            for step in range(1, 5):  # 0.5 mm a key press; the list is redrawn after each
+                thumb = page.locator(".vinr-cfd-slider-1 .v-slider-thumb")
+                thumb.focus()
+                thumb.press("ArrowLeft")
+                moved = wait_for(lambda i: i["cfd_ends"][1]["offset"] == -0.5 * step,
+                                 f"the outlet's cut {0.5 * step} mm in")["cfd_ends"]
+            page.click("#vinr-cfd-export")
+            page.wait_for_function("document.querySelector('#vinr-status').innerText.includes('exported for CFD')",
+                                   timeout=120000)
+            folders = [p for p in server["export_dir"].iterdir() if p.name.endswith("_cfd")]
+            assert len(folders) == 1, status_text()
+            report = json.loads((folders[0] / "cfd.json").read_text())
+            assert [face["name"] for face in report["faces"]] == ["wall", "cap_inlet", "cap_outlet_1"]
+            assert report["checks"]["boundary_edges"] == 0 and report["checks"]["self_intersections"] == 0
+            outlet = next(cut for cut in report["cuts_mm"] if cut["name"] == "outlet_1")
+            assert np.allclose(outlet["centre_mm"], moved[1]["centre"], atol=1e-3)
+            assert (folders[0] / "model.stl").stat().st_size > 0
         finally:
             browser.close()
 

@@ -40,6 +40,7 @@ if not (MODULE_DIR / "VascularINRLib").is_dir() and (MODULE_DIR.parent / "Vascul
     sys.path.append(str(MODULE_DIR.parent))  # a source checkout: the library sits beside the module
 
 from VascularINRLib.scene import (  # noqa: E402
+    CFD_UNITS,
     COORDINATE_SYSTEMS,
     EXPORT_FORMATS,
     NESTED_MODES,
@@ -70,8 +71,10 @@ class VascularINR(ScriptedLoadableModule):
         self.parent.helpText = _(
             "Click points on a vessel wall; a neural signed distance function is fitted to them in the "
             "background and shown as a smooth, watertight surface that follows every added, moved or "
-            "deleted point. Nested walls (lumen, inner and outer wall), blending of several vessels and "
-            "export to STL or VTP in LPS or RAS are in the panels below.")
+            "deleted point. Nested walls (lumen, inner and outer wall), blending of several vessels, "
+            "export to STL or VTP in LPS or RAS, and export for CFD (each end cut square by a plane you can "
+            "move, flat caps, even triangles, labelled faces for SimVascular, VMTK and OpenFOAM) are in the "
+            "panels below.")
         self.parent.acknowledgementText = _(
             "Implements and extends Alblas, Brune, Yeung and Wolterink, <i>Going off-grid: continuous "
             "implicit neural representations for 3D vascular modeling</i> (STACOM 2022), built on IGR "
@@ -99,6 +102,9 @@ class VascularINRParameterNode:
     exportModel: vtkMRMLModelNode
     exportFormat: Annotated[str, Choice(tuple(EXPORT_FORMATS))] = "STL"
     exportCoordinateSystem: Annotated[str, Choice(COORDINATE_SYSTEMS)] = "LPS"
+    cfdEdgeLength: Annotated[float, WithinRange(0.0, 20.0)] = 0.0  # 0: the smallest end's radius / 2.5
+    cfdExtend: Annotated[float, WithinRange(0.0, 20.0)] = 0.0
+    cfdUnits: Annotated[str, Choice(CFD_UNITS)] = "mm"
 
 
 #
@@ -141,6 +147,9 @@ class VascularINRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.nestedFitButton.connect("clicked(bool)", self.onNestedFit)
         self.ui.blendButton.connect("clicked(bool)", self.onBlend)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
+        self.ui.cfdProposeButton.connect("clicked(bool)", self.onProposeCuts)
+        self.ui.cfdInletComboBox.connect("currentIndexChanged(int)", self.onInlet)
+        self.ui.cfdExportButton.connect("clicked(bool)", self.onExportCFD)
         self.ui.progressBar.setVisible(False)
 
         self.initializeParameterNode()
@@ -210,6 +219,9 @@ class VascularINRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.nestedFitButton.enabled = ready
         self.ui.blendButton.enabled = ready
         self.ui.exportButton.enabled = parameters.exportModel is not None
+        self.ui.cfdProposeButton.enabled = ready and parameters.exportModel is not None
+        self.ui.cfdExportButton.enabled = ready and parameters.exportModel is not None
+        self._updateInlets()
         self.ui.exportButton.toolTip = _("Writes {format} in {system} coordinates (mm)").format(
             format=parameters.exportFormat, system=parameters.exportCoordinateSystem)
 
@@ -296,6 +308,52 @@ class VascularINRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not path.lower().endswith(extension):
                 path += extension
             self.logic.sceneLogic.export_model(model, path, system)
+
+    def onProposeCuts(self) -> None:
+        model = self._parameterNode.exportModel
+        if model is not None:
+            self.logic.sceneLogic.propose_cfd_cuts(model)
+            self._updateInlets()
+
+    def _updateInlets(self) -> None:
+        """The inlet list: the model's cut planes, inlet first (the planes are the scene's markups)."""
+        model = self._parameterNode.exportModel if self._parameterNode is not None else None
+        planes = self.logic.sceneLogic.cfd_planes(model) if (self.logic is not None and model is not None) else []
+        names = [plane.GetName() for plane in planes]
+        combo = self.ui.cfdInletComboBox
+        if [combo.itemText(i) for i in range(combo.count)] != names:
+            wasBlocked = combo.blockSignals(True)
+            combo.clear()
+            for name in names:
+                combo.addItem(name)
+            combo.setCurrentIndex(0 if names else -1)
+            combo.blockSignals(wasBlocked)
+        combo.enabled = bool(names)
+
+    def onInlet(self, index: int) -> None:
+        model = self._parameterNode.exportModel
+        planes = self.logic.sceneLogic.cfd_planes(model) if model is not None else []
+        if 0 < index < len(planes):
+            self.logic.sceneLogic.set_cfd_inlet(model, planes[index])
+            self._updateInlets()
+
+    def onExportCFD(self) -> None:
+        parameters = self._parameterNode
+        model = parameters.exportModel
+        if model is None:
+            return
+        if not self.logic.sceneLogic.cfd_planes(model):
+            self.logic.sceneLogic.propose_cfd_cuts(model)
+            self._updateInlets()
+        start = qt.QStandardPaths.writableLocation(qt.QStandardPaths.DocumentsLocation)
+        parent = qt.QFileDialog.getExistingDirectory(
+            self.parent, _("Folder for the CFD export of '{name}'").format(name=model.GetName()), start)
+        if not parent:
+            return
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", model.GetName()).strip("_") or "model"
+        self.logic.sceneLogic.request_cfd_export(
+            model, str(Path(parent) / f"{stem}_cfd"), parameters.cfdEdgeLength or None, parameters.cfdExtend,
+            parameters.cfdUnits, parameters.exportCoordinateSystem)
 
     # --- status (main thread: posted callbacks run from the poll timer) -------------------------
 
@@ -498,6 +556,20 @@ class VascularINRTest(ScriptedLoadableModuleTest):
             self.assertIs(scene.model_for_points(points), model)
             self.assertTrue(scene.report_of(model)["fit"]["warm_started"])
             self.assertEqual(scene.report_of(model)["fit"]["points"], 61)
+
+            self._say("CFD export: a plane per end, then the labelled folder")
+            import json
+            import tempfile
+
+            planes = scene.propose_cfd_cuts(model)
+            self.assertGreaterEqual(len(planes), 2, scene.status.message)
+            folder = Path(tempfile.mkdtemp(prefix="VascularINR-selftest-")) / "cfd"
+            self.assertTrue(scene.request_cfd_export(model, str(folder)), scene.status.message)
+            self.assertTrue(logic.waitForJobs(120.0))
+            self.assertEqual(scene.status.state, "done", scene.status.message)
+            report = json.loads((folder / "cfd.json").read_text())
+            self.assertEqual(report["checks"]["boundary_edges"], 0)
+            self.assertEqual(len(report["faces"]), len(planes) + 1)
             self._say("Test passed")
         finally:
             logic.shutdown()

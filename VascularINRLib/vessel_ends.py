@@ -84,6 +84,7 @@ class Section:
     points: np.ndarray
     centroid: np.ndarray
     area: float
+    others: int = 0  # other closed loops inside this one (a dent from outside reaching below the plane)
 
     @property
     def radius(self) -> float:
@@ -109,23 +110,41 @@ def section(polydata: vtk.vtkPolyData, origin, normal, near, within: float) -> O
     points = numpy_support.vtk_to_numpy(lines.GetPoints().GetData()).astype(np.float64)
     offsets = numpy_support.vtk_to_numpy(lines.GetLines().GetOffsetsArray())
     connectivity = numpy_support.vtk_to_numpy(lines.GetLines().GetConnectivityArray())
-    best = None
-    near = np.asarray(near, dtype=np.float64)
     unit = np.asarray(normal, dtype=np.float64) / np.linalg.norm(normal)
+    near = np.asarray(near, dtype=np.float64)
+    loops = []
     for start, stop in zip(offsets[:-1], offsets[1:]):
         ids = connectivity[start:stop]
-        if len(ids) < 4 or ids[0] != ids[-1]:
-            continue  # only closed loops
-        loop = points[ids[:-1]]
+        if len(ids) >= 4 and ids[0] == ids[-1]:  # only closed loops
+            loops.append(points[ids[:-1]])
+    best = None
+    for loop in loops:
         if np.min(np.linalg.norm(loop - near, axis=1)) > within:
             continue
         area_vector = 0.5 * np.sum(np.cross(loop, np.roll(loop, -1, axis=0)), axis=0)
-        area = abs(float(np.dot(area_vector, unit)))
         centroid = _polygon_centroid(loop, unit)
         distance = float(np.linalg.norm(centroid - near))
         if best is None or distance < best[0]:
-            best = (distance, Section(loop, centroid, area))
-    return None if best is None else best[1]
+            best = (distance, Section(loop, centroid, abs(float(np.dot(area_vector, unit)))))
+    if best is None:
+        return None
+    chosen = best[1]
+    e1 = np.cross(unit, [1.0, 0.0, 0.0] if abs(unit[0]) < 0.9 else [0.0, 1.0, 0.0])
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(unit, e1)
+    outline = np.stack([chosen.points @ e1, chosen.points @ e2], axis=1)
+    chosen.others = sum(1 for loop in loops if loop is not chosen.points
+                        and _inside_polygon(outline, np.array([loop[0] @ e1, loop[0] @ e2])))
+    return chosen
+
+
+def _inside_polygon(polygon: np.ndarray, point: np.ndarray) -> bool:
+    """Even-odd rule: does the horizontal ray from `point` cross the polygon's edges an odd number of times?"""
+    a, b = polygon, np.roll(polygon, -1, axis=0)
+    straddles = (a[:, 1] > point[1]) != (b[:, 1] > point[1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = a[:, 0] + (point[1] - a[:, 1]) * (b[:, 0] - a[:, 0]) / (b[:, 1] - a[:, 1])
+    return bool(np.count_nonzero(straddles & (x > point[0])) % 2)
 
 
 def _polygon_centroid(loop: np.ndarray, normal: np.ndarray) -> np.ndarray:
@@ -302,12 +321,33 @@ def propose_cuts(polydata: vtk.vtkPolyData, points_mm: Optional[np.ndarray] = No
 
     `points_mm`: the fitted points; a cut lies inside the outermost points of its end.
     `flat_ends`: (origin, inward normal, radius) of flat ends in mm; a cut lies inside them."""
-    ends = find_ends(polydata)
-    if not ends:
+    flat_ends = [(np.asarray(o, dtype=np.float64), np.asarray(n, dtype=np.float64), float(r))
+                 for o, n, r in (flat_ends or [])]
+    cuts = [_cut_at_flat_end(polydata, origin, inward, radius, points_mm, flat_ends)
+            for origin, inward, radius in flat_ends]
+    try:
+        ends = find_ends(polydata)
+    except InputError:
+        if not cuts:
+            raise
+        ends = []
+    for end in ends:  # ends the fit left open (domes); a tip on a flat end's rim is that flat end
+        if all(np.linalg.norm(end["tip"] - origin) > 1.5 * radius + end["radius"] for origin, _, radius in flat_ends):
+            cuts.append(_cut_for(polydata, end, points_mm, flat_ends))
+    if not cuts:
         raise InputError("no open end found: the surface has no part that ends like a vessel")
-    cuts = [_cut_for(polydata, end, points_mm, flat_ends) for end in ends]
     cuts.sort(key=lambda cut: -cut.radius_mm)
     return name_cuts(cuts, inlet)
+
+
+def _cut_at_flat_end(polydata, origin, inward, radius, points_mm, flat_ends) -> EndCut:
+    """A flat end (clicks on slices: the last slice's plane) is where the data stop: no dome to walk
+    past. The cut starts just inside it, along its own normal, and is then squared to the vessel."""
+    direction = -inward / np.linalg.norm(inward)
+    start = FLAT_END_MARGIN_RADII * radius
+    limit = _inside_limit(origin, direction, radius, points_mm, [(origin, inward, radius)])
+    start = max(start, limit if limit is not None else start)
+    return _place_cut(polydata, origin, direction, radius, origin, start, False, ["at a flat end"], flat_ends)
 
 
 def name_cuts(cuts: List[EndCut], inlet: Optional[int] = None) -> List[EndCut]:
@@ -338,28 +378,36 @@ def _cut_for(polydata, end: dict, points_mm, flat_ends) -> EndCut:
     if limit is not None and limit > start:
         start = limit
         notes.append("inside the last points or the flat end")
-    # walk in from the tip: the first section with the dome behind it
     axis_point = centres[window].mean(axis=0) + np.dot(tip - centres[window].mean(axis=0), direction) * direction
-    step = 0.25 * radius
+    return _place_cut(polydata, tip, direction, radius, axis_point, start, True, notes, flat_ends)
+
+
+def _place_cut(polydata, tip, direction, radius, axis_point, start, walk: bool, notes: List[str],
+               flat_ends) -> EndCut:
+    """From `start` mm in from the tip along -`direction`: with `walk`, on to the first section with
+    the dome behind it; then the plane squared to the line through two sections' centroids, and kept
+    inside every flat end near it."""
     chosen = None
     t = start
-    while t <= start + 12.0 * radius:
+    while walk and t <= start + 12.0 * radius:
         here = section(polydata, axis_point - t * direction, direction, axis_point - t * direction, 3.0 * radius)
         further = section(polydata, axis_point - (t + radius) * direction, direction,
                           axis_point - (t + radius) * direction, 3.0 * radius)
         if here is not None and further is not None and here.area >= DOME_AREA_FRACTION * further.area:
             chosen = (t, here, further)
             break
-        t += step
+        t += 0.25 * radius
     if chosen is None:
         here = section(polydata, axis_point - start * direction, direction, axis_point - start * direction,
                        3.0 * radius)
         if here is None:
             raise InputError(f"no cross-section found near the end at {np.round(tip, 1).tolist()} mm")
-        chosen = (start, here, None)
-        notes.append("short end: the cut is where the dome begins")
+        further = section(polydata, here.centroid - radius * direction, direction,
+                          here.centroid - radius * direction, 3.0 * radius)
+        chosen = (start, here, further)
+        if walk:
+            notes.append("short end: the cut is where the dome begins")
     t, here, further = chosen
-    source = "sections"
     for _ in range(3):  # square the plane to the line through two sections' centroids
         if further is None:
             break
@@ -378,10 +426,44 @@ def _cut_for(polydata, end: dict, points_mm, flat_ends) -> EndCut:
         if refined is None:
             break
         here = refined
+    deficit = _flat_end_deficit(here.centroid, direction, radius, flat_ends)
+    if deficit > 0:  # a tilted plane would cross a flat end: move it in
+        moved = section(polydata, here.centroid - deficit * direction, direction,
+                        here.centroid - deficit * direction, 3.0 * radius)
+        if moved is not None:
+            here = moved
+    for _ in range(24):  # a plane that also cuts a dent (or a neighbour) near the end: move it in
+        if here.others == 0:
+            break
+        moved = section(polydata, here.centroid - 0.25 * radius * direction, direction,
+                        here.centroid - 0.25 * radius * direction, 1.5 * radius)
+        if moved is None:
+            break
+        here = moved
+        if here.others == 0:
+            notes.append("moved in past a dent")
     centre = here.centroid
     loop_reach = float(np.max(np.linalg.norm(here.points - centre, axis=1)))
     reach = float(np.linalg.norm(tip - centre)) + 1.5 * loop_reach + 1.0
-    return EndCut(centre, direction, here.radius, reach, tip, direction_source=source, notes=notes)
+    return EndCut(centre, direction, here.radius, reach, tip, direction_source="sections", notes=notes)
+
+
+def _flat_end_deficit(centre, direction, radius, flat_ends) -> float:
+    """How far the plane (centre, outward `direction`) must move in so that every flat end near it lies
+    beyond it by the margin (0 when it already does)."""
+    worst = 0.0
+    for origin, inward, cap_radius in flat_ends or []:
+        if np.linalg.norm(origin - centre) > 3.0 * max(radius, cap_radius):
+            continue
+        helper = np.array([1.0, 0.0, 0.0]) if abs(inward[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+        e1 = np.cross(inward, helper)
+        e1 /= np.linalg.norm(e1)
+        e2 = np.cross(inward, e1)
+        angles = np.linspace(0.0, 2.0 * np.pi, 36, endpoint=False)
+        rim = origin + cap_radius * (np.outer(np.cos(angles), e1) + np.outer(np.sin(angles), e2))
+        beyond = (rim - centre) @ direction  # must be ≥ margin
+        worst = max(worst, FLAT_END_MARGIN_RADII * radius - float(beyond.min()))
+    return worst
 
 
 def _line_direction(centres: np.ndarray, tip: np.ndarray) -> np.ndarray:

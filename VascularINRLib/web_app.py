@@ -84,13 +84,17 @@ class VascularWebApp:
             "place_mode": True, "nested_mode": "guaranteed", "blend_k": "2", "export_name": "vessel.stl",
             "export_format": "STL", "export_cs": "LPS", "scene_name": "scene.mrb", "active_list": "",
             "axial_offset": 0.0, "vinr_info": "{}", "export_dir": str(self.export_dir), "use_image": True,
+            "cfd_ends": [], "cfd_inlet": 0, "cfd_edge": "", "cfd_extend": "0", "cfd_units": "mm",
         })
+        self._cfd_model = None
+        self._cfd_proposed: list = []  # (plane, proposed centre, normal): the sliders move planes from there
         self._build_ui()
         self.volume = self._load_volume(list(data))
         self.new_point_list("vessel")
         self.state.change("axial_offset")(self._on_axial_offset)
         self.state.change("place_mode")(self._on_place_mode)
         self.state.change("use_image")(self._on_use_image)
+        self.state.change("cfd_inlet")(self._on_cfd_inlet)
         self.ctrl.on_server_ready.add(self._on_ready)
 
     # --- threading ---------------------------------------------------------------------------
@@ -269,6 +273,79 @@ class VascularWebApp:
             self.logic.export_model(self._export_model(), self.export_dir / name, str(self.state.export_cs))
         self._guard("Export", export)
 
+    # --- CFD export ----------------------------------------------------------------------------------
+
+    def on_cfd_ends(self) -> None:
+        """One cut plane per end of the model (SceneLogic.propose_cfd_cuts), listed with a slider each."""
+        def ends():
+            model = self._export_model()
+            if model is None:
+                raise InputError("fit a model first: its ends are cut for CFD")
+            planes = self.logic.propose_cfd_cuts(model)
+            self._cfd_model = model if planes else None
+            self._cfd_proposed = [(plane, list(plane.GetCenterWorld()), list(plane.GetNormalWorld()))
+                                  for plane in planes]
+            self._cfd_list()
+        self._guard("Find ends", ends)
+
+    def _cfd_list(self) -> None:
+        import numpy as np
+
+        ends = []
+        for index, (plane, _, _) in enumerate(self._cfd_proposed):
+            if not self.scene.IsNodePresent(plane):
+                continue
+            cut = self.logic.cut_of_plane(plane)
+            ends.append({"index": index, "name": cut.name, "radius": round(cut.radius_mm, 2),
+                         "offset": round(self._cfd_offset(index), 2), "reach": float(np.ceil(2.0 * cut.radius_mm)),
+                         "centre": [round(float(v), 3) for v in cut.centre]})
+        self.state.cfd_ends = ends
+        inlet = next((end["index"] for end in ends if end["name"] == "inlet"), 0)
+        if self.state.cfd_inlet != inlet:
+            self.state.cfd_inlet = inlet
+
+    def _cfd_offset(self, index: int) -> float:
+        import numpy as np
+
+        plane, centre, normal = self._cfd_proposed[index]
+        return float(np.dot(np.subtract(plane.GetCenterWorld(), centre), normal))
+
+    def on_cfd_offset(self, index, value) -> None:
+        """Slide end `index`'s plane along its normal, `value` mm from where it was proposed
+        (negative: into the vessel)."""
+        def move():
+            plane, centre, normal = self._cfd_proposed[int(index)]
+            offset = float(value)
+            plane.SetCenterWorld(*[c + offset * n for c, n in zip(centre, normal)])
+            self._cfd_list()
+        self._guard("Move a cut", move)
+
+    def _on_cfd_inlet(self, cfd_inlet=0, **_) -> None:
+        if self._cfd_model is None or not self._cfd_proposed:
+            return
+        try:
+            plane = self._cfd_proposed[int(cfd_inlet)][0]
+        except (TypeError, ValueError, IndexError):
+            return
+        if self.logic.cut_of_plane(plane).name != "inlet":
+            self.logic.set_cfd_inlet(self._cfd_model, plane)
+            self._cfd_list()
+
+    def on_cfd_export(self) -> None:
+        def export():
+            if self._cfd_model is None:
+                raise InputError("find the model's ends first")
+            text = str(self.state.cfd_edge).strip()
+            try:
+                edge = float(text) if text else None
+                extend = float(str(self.state.cfd_extend).strip() or 0)
+            except ValueError:
+                raise InputError("the edge length and the extensions must be numbers") from None
+            folder = self.export_dir / safe_file_name(f"{self._cfd_model.GetName()}_cfd", ("_cfd",))
+            self.logic.request_cfd_export(self._cfd_model, folder, edge, extend, str(self.state.cfd_units),
+                                          str(self.state.export_cs))
+        self._guard("CFD export", export)
+
     def on_save_scene(self) -> None:
         def save():
             name = safe_file_name(self.state.scene_name, (".mrb",), "scene")
@@ -328,7 +405,7 @@ class VascularWebApp:
                           for n, r in self._lists if self.scene.IsNodePresent(n)],
                 "models": models, "status": {"state": self.state.status_state, "message": self.state.status_text},
                 "busy": bool(self.logic.busy), "fits_started": self.logic.fits_started, "views": views,
-                "export_dir": str(self.export_dir)}
+                "export_dir": str(self.export_dir), "cfd_ends": self.state.cfd_ends}
 
     def _refresh_info(self) -> None:
         text = json.dumps(self.info(), sort_keys=True)
@@ -408,6 +485,26 @@ class VascularWebApp:
                              hide_details=True, classes="mt-2")
                 v.VBtn("Save scene", click=self.on_save_scene, size="small", classes="mt-1", id="vinr-save-scene")
                 html.Div("Files go to {{ export_dir }}", classes="text-caption mt-1")
+        with v.VCard(variant="outlined", classes="mb-2"):
+            v.VCardTitle("Export for CFD", classes="text-subtitle-1")
+            with v.VCardText():
+                v.VBtn("Find ends", click=self.on_cfd_ends, size="small", id="vinr-cfd-ends")
+                with html.Div(v_for="end in cfd_ends", key="end.index", classes="mt-1"):
+                    html.Div("{{ end.name }} (radius {{ end.radius }} mm): cut {{ end.offset }} mm",
+                             classes="text-caption")
+                    v.VSlider(model_value=("end.offset",), min=("-end.reach",), max=("end.reach",), step=0.5,
+                              density="compact", hide_details=True, classes=("'vinr-cfd-slider-' + end.index",),
+                              update_modelValue=(self.on_cfd_offset, "[end.index, $event]"))
+                v.VSelect(v_model=("cfd_inlet",), items=("cfd_ends",), item_title="name", item_value="index",
+                          label="Inlet", density="compact", hide_details=True, classes="mt-1", id="vinr-cfd-inlet")
+                with html.Div(classes="d-flex ga-1 mt-1"):
+                    v.VTextField(v_model=("cfd_edge",), label="Edge (mm)", placeholder="auto", density="compact",
+                                 hide_details=True)
+                    v.VTextField(v_model=("cfd_extend",), label="Extend (D)", density="compact", hide_details=True)
+                    v.VSelect(v_model=("cfd_units",), items=("['mm', 'cm', 'm']",), density="compact",
+                              hide_details=True)
+                v.VBtn("Export for CFD", click=self.on_cfd_export, size="small", classes="mt-1",
+                       id="vinr-cfd-export")
         html.Pre("{{ vinr_info }}", id="vinr-info", style="display: none;")
 
     # --- run ----------------------------------------------------------------------------------
