@@ -23,8 +23,8 @@ from VascularINRLib.errors import InputError
 from VascularINRLib.fitting import fit_points, preset
 from VascularINRLib.mesh import (arrays_from_polydata, connected_components, is_watertight, mesh_volume_mm3,
                                  polydata_from_arrays, read_mesh, sample_points_on_mesh, write_mesh)
-from VascularINRLib.mesh_quality import (cap_measures, check_cfd_surface, crease_agreement, crease_faces,
-                                         face_labels)
+from VascularINRLib.mesh_quality import (cap_measures, centreline_direction, check_cfd_surface, crease_agreement,
+                                         crease_faces, face_labels)
 from VascularINRLib.remesh import SurfaceProjection, edge_lengths, remesh, triangle_angles_degrees
 from VascularINRLib.surface import extract_surface
 from VascularINRLib.vessel_ends import EndCut, propose_cuts, section
@@ -62,20 +62,7 @@ def _centrelines(path, scale):
 
 
 def _direction_at(lines, point):
-    """The centreline's direction nearest `point`: the principal axis of the centreline points within
-    8 mm of its nearest one (VMTK's centrelines bend in their last few mm, where they reach for the
-    cap's centre; SimVascular's come in pieces, with points up to 11 mm apart)."""
-    points = np.concatenate([_resampled(line) for line in lines])
-    nearest = points[np.argmin(np.linalg.norm(points - point, axis=1))]
-    near = points[np.linalg.norm(points - nearest, axis=1) <= 8.0]
-    _, _, vt = np.linalg.svd(near - near.mean(axis=0), full_matrices=False)
-    return vt[0]
-
-
-def _resampled(line, step=0.5):
-    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(line, axis=0), axis=1))])
-    at = np.arange(0.0, arc[-1], step)
-    return np.stack([np.interp(at, arc, line[:, k]) for k in range(3)], axis=1)
+    return centreline_direction(lines, point)
 
 
 def _export(case, tmp_path, *extra):
@@ -125,6 +112,7 @@ def test_exported_model_meets_the_cfd_targets(case_name, request, tmp_path):
     wall_vertices, wall_triangles = arrays_from_polydata(wall)
     probes = np.concatenate([wall_vertices, wall_vertices[wall_triangles].mean(axis=1)])
     assert SurfaceProjection(fitted).distances(probes).max() <= max(0.1, h / 4.0)
+    assert report["wall_to_fitted_surface_max"] <= max(0.1, h / 4.0)  # edge midpoints too
     assert abs(report["volume_change"]) <= 0.01
     assert abs(mesh_volume_mm3(model) / report["reference_volume"] - 1.0) <= 0.01
 

@@ -22,19 +22,18 @@ from typing import Callable, List, Optional
 
 import numpy as np
 import vtk
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 from vtk.util import numpy_support
 
 from .errors import InputError
 from .mesh import arrays_from_polydata, polydata_from_arrays
 from .remesh import CurveProjection, SurfaceProjection, count_for, decimate_to, remesh
-from .vessel_ends import EndCut
+from .vessel_ends import EndCut, cut_region, mesh_edges
 
 WALL_ID = 1
 EDGE_LENGTH_RADIUS_FRACTION = 1.0 / 2.5  # SimVascular's estimate: the smallest cap's radius / 2.5
 MIN_RIM_EDGES = 24  # a cap's rim has at least this many edges, whatever h
+WALL_TOLERANCE_FRACTION = 0.7  # chords are split where their midpoints stray this share of the tolerance
 
 
 @dataclass
@@ -65,6 +64,11 @@ class CFDModel:
     reference_volume_mm3: float
     wall_deviation_mm: float = 0.0
     timings: dict = field(default_factory=dict)
+
+
+def wall_tolerance(h: float) -> float:
+    """How far the remeshed wall may lie from the fitted surface: max(0.1 mm, h/4)."""
+    return max(0.1, h / 4.0)
 
 
 def default_edge_length(cuts: List[EndCut]) -> float:
@@ -114,7 +118,8 @@ def build_cfd_model(surface: vtk.vtkPolyData, cuts: List[EndCut], edge_length_mm
     rim_h = rim_edge_lengths(rims0, h)
     projection = SurfaceProjection(surface)
     wall_vertices, wall_triangles = remesh(v0, f0, h, projection, CurveProjection(segments),
-                                           iterations=iterations, boundary_edge_length=rim_h)
+                                           iterations=iterations, boundary_edge_length=rim_h,
+                                           tolerance=WALL_TOLERANCE_FRACTION * wall_tolerance(h))
     rim_projection = CurveProjection(segments)
     wall_vertices, wall_triangles = _enough_rim_edges(wall_vertices, wall_triangles, cuts, projection,
                                                       rim_projection, h)
@@ -266,27 +271,11 @@ def cut_ends(surface: vtk.vtkPolyData, cuts: List[EndCut]) -> vtk.vtkPolyData:
     (within its reach). InputError where a cut removes nothing or does not close within its reach."""
     vertices, triangles = arrays_from_polydata(surface)
     n = len(vertices)
-    edges = np.unique(np.sort(np.concatenate([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]]),
-                              axis=1), axis=0)
+    edges = mesh_edges(triangles)
     value = np.full(n, -1.0)
     claimed = np.zeros(n, dtype=bool)
     for cut in cuts:
-        signed = (vertices - cut.centre) @ cut.normal
-        inside_ball = np.linalg.norm(vertices - cut.centre, axis=1) < cut.reach_mm
-        beyond = (signed > 0) & inside_ball
-        keep_edge = beyond[edges[:, 0]] & beyond[edges[:, 1]]
-        graph = coo_matrix((np.ones(int(keep_edge.sum())), (edges[keep_edge, 0], edges[keep_edge, 1])), shape=(n, n))
-        _, component = connected_components(graph, directed=False)
-        candidates = np.flatnonzero(beyond)
-        if len(candidates) == 0:
-            raise InputError(f"cut {cut.name} removes nothing: its plane lies beyond the end")
-        tip = candidates[np.argmin(np.linalg.norm(vertices[candidates] - cut.tip_mm, axis=1))]
-        region = beyond & (component == component[tip])
-        touching = region[edges[:, 0]] != region[edges[:, 1]]
-        outside = np.concatenate([edges[touching & region[edges[:, 0]], 1], edges[touching & region[edges[:, 1]], 0]])
-        if np.any((signed[outside] > 0) & ~inside_ball[outside]):
-            raise InputError(f"cut {cut.name} does not close within {cut.reach_mm:.1f} mm of its centre: "
-                             "its plane runs along the vessel or the reach is too small")
+        signed, region, outside = cut_region(vertices, edges, cut)
         if np.any(claimed[region]):
             raise InputError(f"cut {cut.name} overlaps another cut's end")
         claimed[region] = True

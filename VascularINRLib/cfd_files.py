@@ -41,6 +41,7 @@ REPORT = "cfd.json"
 FORMAT = "vascular-inr-cfd"
 FACE_COLOURS = [(0.85, 0.82, 0.78), (0.2, 0.45, 0.9), (0.9, 0.3, 0.2), (0.3, 0.75, 0.35), (0.95, 0.7, 0.2),
                 (0.6, 0.35, 0.8), (0.2, 0.75, 0.8), (0.9, 0.45, 0.7)]
+COLOUR_NAMES = ["grey", "blue", "red", "green", "yellow", "purple", "cyan", "pink"]
 
 
 def scaled(polydata: vtk.vtkPolyData, scale: float, lps: bool) -> vtk.vtkPolyData:
@@ -227,7 +228,8 @@ def write_cfd_folder(model: CFDModel, folder, units: str = "mm", lps: bool = Fal
             from .render import render_png
 
             pieces = [_face_polydata(closed, face.id) for face in model.faces]
-            title = ", ".join(face.name for face in model.faces)
+            title = ", ".join(f"{face.name} ({COLOUR_NAMES[i % len(COLOUR_NAMES)]})"
+                              for i, face in enumerate(model.faces))
             render_png(temporary / "faces.png", pieces, colours=[FACE_COLOURS[i % len(FACE_COLOURS)]
                                                                   for i in range(len(pieces))],
                        title=title, show_edges=True, view="broadside")

@@ -153,6 +153,24 @@ def cap_measures(vertices: np.ndarray, triangles: np.ndarray, labels: np.ndarray
             "planarity_mm": planarity, "rim_edges": int(np.sum(counts == 1))}
 
 
+def centreline_direction(lines, point, window_mm: float = 8.0) -> np.ndarray:
+    """A reference centreline's direction nearest `point`: the principal axis of the centreline (resampled
+    every 0.5 mm) within `window_mm` of its point nearest `point`. VMTK's centrelines bend in their last
+    few mm, where they reach for the cap's centre; SimVascular's come in pieces, with points up to 11 mm
+    apart."""
+    pieces = []
+    for line in lines:
+        line = np.asarray(line, dtype=np.float64)
+        arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(line, axis=0), axis=1))])
+        at = np.arange(0.0, arc[-1], 0.5)
+        pieces.append(np.stack([np.interp(at, arc, line[:, k]) for k in range(3)], axis=1))
+    points = np.concatenate(pieces)
+    nearest = points[np.argmin(np.linalg.norm(points - point, axis=1))]
+    near = points[np.linalg.norm(points - nearest, axis=1) <= window_mm]
+    _, _, vt = np.linalg.svd(near - near.mean(axis=0), full_matrices=False)
+    return vt[0]
+
+
 def check_cfd_surface(polydata: vtk.vtkPolyData, h: Optional[float] = None,
                       intersections: bool = True) -> Dict[str, object]:
     """Every measure of a labelled closed surface that a CFD mesher cares about."""

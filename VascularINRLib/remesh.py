@@ -158,14 +158,34 @@ class _Mesh:
 
 
 def _split_long_edges(V, F, boundary, fixed, high, project, project_boundary, rim_target):
-    for _ in range(8):
-        edges, counts, inverse = _edge_table(F, len(V))
-        lengths = np.linalg.norm(V[edges[:, 0]] - V[edges[:, 1]], axis=1)
+    def too_long(V, edges, counts, lengths):
         limit = np.full(len(edges), high)
         rim = counts == 1
         if rim.any():
             limit[rim] = SPLIT_FACTOR * rim_target(0.5 * (V[edges[rim, 0]] + V[edges[rim, 1]]))
-        candidates = np.flatnonzero(lengths > limit)
+        return lengths > limit
+    return _split_edges(V, F, boundary, fixed, project, project_boundary, too_long)
+
+
+def _split_far_edges(V, F, boundary, fixed, project, project_boundary, tolerance: float):
+    """Split the interior edges whose midpoint lies more than `tolerance` from the surface (tight bends,
+    the fillet where vessels meet): the chords follow the surface to within it."""
+    def too_far(V, edges, counts, lengths):
+        out = np.zeros(len(edges), dtype=bool)
+        inner = np.flatnonzero(counts == 2)
+        middle = 0.5 * (V[edges[inner, 0]] + V[edges[inner, 1]])
+        out[inner] = np.linalg.norm(project(middle) - middle, axis=1) > tolerance
+        return out
+    return _split_edges(V, F, boundary, fixed, project, project_boundary, too_far, rounds=4)
+
+
+def _split_edges(V, F, boundary, fixed, project, project_boundary, select, rounds: int = 8):
+    """Split at their midpoints the edges that `select(V, edges, counts, lengths)` marks, longest first,
+    no two in one triangle per round."""
+    for _ in range(rounds):
+        edges, counts, inverse = _edge_table(F, len(V))
+        lengths = np.linalg.norm(V[edges[:, 0]] - V[edges[:, 1]], axis=1)
+        candidates = np.flatnonzero(select(V, edges, counts, lengths))
         if len(candidates) == 0:
             break
         candidates = candidates[np.argsort(-lengths[candidates], kind="stable")]
@@ -410,11 +430,13 @@ def _smooth(V, F, boundary, fixed, project, project_boundary, step: float = SMOO
 def remesh(vertices: np.ndarray, triangles: np.ndarray, edge_length: float, project: Projection,
            project_boundary: Optional[Projection] = None, iterations: int = 8,
            fixed: Optional[np.ndarray] = None, polish: int = 4,
-           boundary_edge_length: Optional[Callable[[np.ndarray], np.ndarray]] = None):
+           boundary_edge_length: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+           tolerance: Optional[float] = None):
     """Remesh the triangle mesh (vertices, triangles) to edge length `edge_length`, keeping it on the
     surface that `project` maps points onto and its boundary on `project_boundary`'s curves, with
     edges along the boundary of `boundary_edge_length(points)` (at most `edge_length`; default
-    `edge_length`).
+    `edge_length`). With `tolerance`, edges whose midpoints lie farther than that from the surface are
+    split at the end (shorter triangles where the surface bends sharply).
     `fixed`: vertices that must not move or go. Returns (vertices, triangles)."""
     V = np.asarray(vertices, dtype=np.float64)
     F = np.asarray(triangles, dtype=np.int64)
@@ -435,7 +457,11 @@ def remesh(vertices: np.ndarray, triangles: np.ndarray, edge_length: float, proj
         V, F, boundary, fixed = _collapse_short_edges(V, F, boundary, fixed, low, high, rim)
         F, _ = _flip_edges(V, F, boundary, fixed, "valence")
         V = _smooth(V, F, boundary, fixed, project, project_boundary)
+    if tolerance is not None:
+        V, F, boundary, fixed = _split_far_edges(V, F, boundary, fixed, project, project_boundary, tolerance)
     for _ in range(polish):
+        if tolerance is not None:
+            V, F, boundary, fixed = _split_far_edges(V, F, boundary, fixed, project, project_boundary, tolerance)
         for _ in range(6):
             F, flips = _flip_edges(V, F, boundary, fixed, "delaunay")
             if flips == 0:

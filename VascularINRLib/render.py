@@ -80,8 +80,8 @@ def render_png(path, surfaces: Sequence[vtk.vtkPolyData], points_mm: Optional[np
         axes = _principal_axes(surfaces)
         camera.SetPosition(*axes[2])
         camera.SetViewUp(*axes[0])
-        camera.Azimuth(35.0)  # a little from the side, so that flat ends show
-        camera.Elevation(20.0)
+        camera.Azimuth(30.0)  # from the side and above, so that flat ends show
+        camera.Elevation(40.0)
         camera.OrthogonalizeViewUp()
     else:
         camera.SetPosition(*((0, 1, 0) if view == "anterior" else (1, 0, 0)))

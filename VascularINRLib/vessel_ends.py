@@ -33,6 +33,8 @@ from .mesh import arrays_from_polydata
 DOME_AREA_FRACTION = 0.9  # the cut lies where a section has this fraction of the area one radius in
 MIN_BRANCH_RADII = 0.75  # an end must stand out this many of its radii from where it branches off
 FLAT_END_MARGIN_RADII = 0.25  # a cut lies this far inside a flat end or the last clicked points
+FLAT_END_WALK_RADII = 0.5  # past a flat end the fit may narrow: the cut may go this much further in,
+FLAT_END_WALK_MM = 3.0  # and no more than this (an aneurysm sac widens inwards: no narrowing to walk past)
 
 
 @dataclass
@@ -167,8 +169,7 @@ class _Reeb:
         vertices, triangles = arrays_from_polydata(polydata)
         if len(triangles) == 0:
             raise InputError("the surface has no triangles")
-        edges = np.unique(np.sort(np.concatenate([triangles[:, [0, 1]], triangles[:, [1, 2]],
-                                                  triangles[:, [2, 0]]]), axis=1), axis=0)
+        edges = mesh_edges(triangles)
         lengths = np.linalg.norm(vertices[edges[:, 0]] - vertices[edges[:, 1]], axis=1)
         n = len(vertices)
         graph = coo_matrix((lengths, (edges[:, 0], edges[:, 1])), shape=(n, n)).tocsr()
@@ -321,23 +322,88 @@ def propose_cuts(polydata: vtk.vtkPolyData, points_mm: Optional[np.ndarray] = No
 
     `points_mm`: the fitted points; a cut lies inside the outermost points of its end.
     `flat_ends`: (origin, inward normal, radius) of flat ends in mm; a cut lies inside them."""
-    flat_ends = [(np.asarray(o, dtype=np.float64), np.asarray(n, dtype=np.float64), float(r))
-                 for o, n, r in (flat_ends or [])]
-    cuts = [_cut_at_flat_end(polydata, origin, inward, radius, points_mm, flat_ends)
-            for origin, inward, radius in flat_ends]
+    flat_ends = _on_the_surface(polydata, [(np.asarray(o, dtype=np.float64), np.asarray(n, dtype=np.float64),
+                                            float(r)) for o, n, r in (flat_ends or [])])
     try:
         ends = find_ends(polydata)
     except InputError:
-        if not cuts:
+        if not flat_ends:
             raise
         ends = []
-    for end in ends:  # ends the fit left open (domes); a tip on a flat end's rim is that flat end
-        if all(np.linalg.norm(end["tip"] - origin) > 1.5 * radius + end["radius"] for origin, _, radius in flat_ends):
+
+    def near(end, flat) -> bool:  # a tip on a flat end's face or rim is that flat end
+        return bool(np.linalg.norm(end["tip"] - flat[0]) <= 1.5 * flat[2] + end["radius"])
+
+    cuts = [_cut_at_flat_end(polydata, origin, inward, radius, points_mm, flat_ends)
+            for origin, inward, radius in flat_ends]
+    vertices, triangles = arrays_from_polydata(polydata)
+    edges = mesh_edges(triangles)
+    closing = [_closes(vertices, edges, cut) for cut in cuts]
+    # a flat end past which the surface goes on (a loft's chain ending in a bend) is no end
+    flat_ends = [flat for flat, ok in zip(flat_ends, closing) if ok]
+    cuts = [cut for cut, ok in zip(cuts, closing) if ok]
+    for end in ends:  # ends the fit left open (domes)
+        if not any(near(end, flat) for flat in flat_ends):
             cuts.append(_cut_for(polydata, end, points_mm, flat_ends))
     if not cuts:
         raise InputError("no open end found: the surface has no part that ends like a vessel")
     cuts.sort(key=lambda cut: -cut.radius_mm)
     return name_cuts(cuts, inlet)
+
+
+def mesh_edges(triangles: np.ndarray) -> np.ndarray:
+    """The unique edges (E, 2) of a triangle mesh."""
+    return np.unique(np.sort(np.concatenate([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]]),
+                             axis=1), axis=0)
+
+
+def cut_region(vertices: np.ndarray, edges: np.ndarray, cut: EndCut):
+    """What `cut` removes: (signed distance of every vertex from its plane, the removed vertices — the
+    connected piece beyond the plane within its reach that holds its tip —, the kept vertices next to
+    them). InputError where it removes nothing or does not close within its reach."""
+    n = len(vertices)
+    signed = (vertices - cut.centre) @ cut.normal
+    inside_ball = np.linalg.norm(vertices - cut.centre, axis=1) < cut.reach_mm
+    beyond = (signed > 0) & inside_ball
+    keep_edge = beyond[edges[:, 0]] & beyond[edges[:, 1]]
+    graph = coo_matrix((np.ones(int(keep_edge.sum())), (edges[keep_edge, 0], edges[keep_edge, 1])), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    candidates = np.flatnonzero(beyond)
+    if len(candidates) == 0:
+        raise InputError(f"cut {cut.name} removes nothing: its plane lies beyond the end")
+    tip = candidates[np.argmin(np.linalg.norm(vertices[candidates] - cut.tip_mm, axis=1))]
+    region = beyond & (component == component[tip])
+    touching = region[edges[:, 0]] != region[edges[:, 1]]
+    outside = np.concatenate([edges[touching & region[edges[:, 0]], 1], edges[touching & region[edges[:, 1]], 0]])
+    if np.any((signed[outside] > 0) & ~inside_ball[outside]):
+        raise InputError(f"cut {cut.name} does not close within {cut.reach_mm:.1f} mm of its centre: "
+                         "its plane runs along the vessel or the reach is too small")
+    return signed, region, outside
+
+
+def _closes(vertices, edges, cut: EndCut) -> bool:
+    try:
+        cut_region(vertices, edges, cut)
+    except InputError:
+        return False
+    return True
+
+
+def _on_the_surface(polydata, flat_ends: list) -> list:
+    """The flat ends whose centre lies on the surface: a vessel's flat end inside another vessel it was
+    blended with is no end of the model."""
+    if not flat_ends:
+        return []
+    locator = vtk.vtkStaticCellLocator()
+    locator.SetDataSet(polydata)
+    locator.BuildLocator()
+    kept = []
+    closest, cell, sub, distance = [0.0, 0.0, 0.0], vtk.reference(0), vtk.reference(0), vtk.reference(0.0)
+    for origin, inward, radius in flat_ends:
+        locator.FindClosestPoint(origin.tolist(), closest, cell, sub, distance)
+        if np.sqrt(float(distance)) <= max(1.0, 0.2 * radius):
+            kept.append((origin, inward, radius))
+    return kept
 
 
 def _cut_at_flat_end(polydata, origin, inward, radius, points_mm, flat_ends) -> EndCut:
@@ -384,19 +450,21 @@ def _cut_for(polydata, end: dict, points_mm, flat_ends) -> EndCut:
 
 def _place_cut(polydata, tip, direction, radius, axis_point, start, walk: bool, notes: List[str],
                flat_ends) -> EndCut:
-    """From `start` mm in from the tip along -`direction`: with `walk`, on to the first section with
-    the dome behind it; then the plane squared to the line through two sections' centroids, and kept
-    inside every flat end near it."""
+    """From `start` mm in from the tip along -`direction`, on to the first section with the dome (or a
+    narrowing) behind it: at most 12 radii further with `walk` (a dome), at most half a radius or 3 mm
+    without (a flat end, where the fit narrows a little; an aneurysm sac widens inwards for long); then
+    the plane squared to the line through two sections' centroids, and kept inside every flat end."""
     chosen = None
     t = start
-    while walk and t <= start + 12.0 * radius:
+    limit = start + (12.0 * radius if walk else min(FLAT_END_WALK_RADII * radius, FLAT_END_WALK_MM))
+    while t <= limit:
         here = section(polydata, axis_point - t * direction, direction, axis_point - t * direction, 3.0 * radius)
         further = section(polydata, axis_point - (t + radius) * direction, direction,
                           axis_point - (t + radius) * direction, 3.0 * radius)
         if here is not None and further is not None and here.area >= DOME_AREA_FRACTION * further.area:
             chosen = (t, here, further)
             break
-        t += 0.25 * radius
+        t += 0.25 * radius if walk else min(0.25 * radius, 1.0)
     if chosen is None:
         here = section(polydata, axis_point - start * direction, direction, axis_point - start * direction,
                        3.0 * radius)
@@ -426,6 +494,18 @@ def _place_cut(polydata, tip, direction, radius, axis_point, start, walk: bool, 
         if refined is None:
             break
         here = refined
+    step = 0.25 * radius if walk else min(0.25 * radius, 1.0)
+    budget = int(np.floor((limit - t) / step + 1e-9))  # steps still allowed in
+    for _ in range(max(0, min(8, budget))):  # square to the vessel, the section may still be narrower
+        inner = section(polydata, here.centroid - here.radius * direction, direction,
+                        here.centroid - here.radius * direction, 3.0 * radius)
+        if inner is None or here.area >= DOME_AREA_FRACTION * inner.area:
+            break
+        moved = section(polydata, here.centroid - step * direction, direction,
+                        here.centroid - step * direction, 3.0 * radius)
+        if moved is None:
+            break
+        here = moved
     deficit = _flat_end_deficit(here.centroid, direction, radius, flat_ends)
     if deficit > 0:  # a tilted plane would cross a flat end: move it in
         moved = section(polydata, here.centroid - deficit * direction, direction,
@@ -453,8 +533,8 @@ def _flat_end_deficit(centre, direction, radius, flat_ends) -> float:
     beyond it by the margin (0 when it already does)."""
     worst = 0.0
     for origin, inward, cap_radius in flat_ends or []:
-        if np.linalg.norm(origin - centre) > 3.0 * max(radius, cap_radius):
-            continue
+        if np.linalg.norm(origin - centre) > 3.0 * max(radius, cap_radius) or (origin - centre) @ direction <= 0:
+            continue  # far away, or behind the plane: another end's
         helper = np.array([1.0, 0.0, 0.0]) if abs(inward[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
         e1 = np.cross(inward, helper)
         e1 /= np.linalg.norm(e1)
