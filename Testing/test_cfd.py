@@ -211,6 +211,38 @@ def test_tetgen_meshes_the_export(vmtk_fit, tmp_path):
                                     elements[:, [1, 2, 3]]]), axis=1)
     _, counts = np.unique(faces, axis=0, return_counts=True)
     assert int(np.sum(counts == 1)) == len(triangles)
+    # SimVascular's mesh-complete/ from that volume mesh, behind --mesh-complete
+    grid = vtk.vtkUnstructuredGrid()
+    points = vtk.vtkPoints()
+    points.SetData(numpy_support.numpy_to_vtk(np.ascontiguousarray(nodes), deep=True))
+    grid.SetPoints(points)
+    for row in elements.tolist():
+        grid.InsertNextCell(vtk.VTK_TETRA, 4, row)
+    writer = vtk.vtkXMLUnstructuredGridWriter()
+    writer.SetFileName(str(tmp_path / "volume.vtu"))
+    writer.SetInputData(grid)
+    writer.Write()
+    assert main(["cfd", str(out), "--mesh-complete", str(tmp_path / "volume.vtu")]) == 0
+    complete = out / "mesh-complete"
+    reader = vtk.vtkXMLUnstructuredGridReader()
+    reader.SetFileName(str(complete / "mesh-complete.mesh.vtu"))
+    reader.Update()
+    volume_mesh = reader.GetOutput()
+    node_ids = volume_mesh.GetPointData().GetArray("GlobalNodeID")
+    assert node_ids.GetDataType() == vtk.VTK_INT and node_ids.GetRange() == (1.0, float(len(nodes)))
+    assert volume_mesh.GetCellData().GetArray("GlobalElementID").GetRange() == (1.0, float(len(elements)))
+    exterior = read_mesh(complete / "mesh-complete.exterior.vtp")
+    assert exterior.GetNumberOfPolys() == len(triangles)
+    surface_elements = numpy_support.vtk_to_numpy(exterior.GetCellData().GetArray("GlobalElementID")) - 1
+    surface_nodes = numpy_support.vtk_to_numpy(exterior.GetPointData().GetArray("GlobalNodeID")) - 1
+    exterior_vertices, exterior_triangles = arrays_from_polydata(exterior)
+    for cell in range(0, len(exterior_triangles), 97):  # each face's element holds the face's nodes
+        assert set(surface_nodes[exterior_triangles[cell]]) <= set(elements[surface_elements[cell]].tolist())
+    assert sorted(p.name for p in (complete / "mesh-surfaces").iterdir()) == [
+        "cap_inlet.vtp", "cap_outlet_1.vtp", "cap_outlet_2.vtp", "wall.vtp"]
+    assert read_mesh(complete / "walls_combined.vtp").GetNumberOfPolys() == int(np.sum(face_labels(
+        read_mesh(out / "model.vtp")) == 1))
+    assert main(["cfd", str(out), "--mesh-complete", str(out / "model.vtp")]) == 2  # not a volume mesh
 
 
 def test_simvascular_demo_model_passes_the_checker(shared_data):

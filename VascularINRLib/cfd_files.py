@@ -258,3 +258,95 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def write_mesh_complete(cfd_folder, nodes: np.ndarray, tetrahedra: np.ndarray) -> Path:
+    """SimVascular's `mesh-complete/` beside a CFD export, from a tetrahedral mesh of its `model.vtp` whose
+    boundary is that surface, vertex for vertex (TetGen with -Y, SimVascular's default "retain exact
+    surface mesh"): `mesh-complete.mesh.vtu` (1-based Int32 `GlobalNodeID`, `GlobalElementID`,
+    `ModelRegionID`), `mesh-complete.exterior.vtp` and `mesh-surfaces/<face>.vtp` (the volume's node and
+    element ids, `ModelFaceID`), `walls_combined.vtp`. Written all at once or not at all."""
+    from scipy.spatial import cKDTree
+
+    from .mesh import polydata_from_arrays, read_mesh
+
+    folder = Path(cfd_folder)
+    if not (folder / REPORT).is_file() or not (folder / "model.vtp").is_file():
+        raise InputError(f"{folder} is not a CFD export (no {REPORT} and model.vtp)")
+    names = {face["id"]: (face["name"], face["type"]) for face in json.loads((folder / REPORT).read_text())["faces"]}
+    model = read_mesh(folder / "model.vtp")
+    vertices, triangles = arrays_from_polydata(model)
+    labels = numpy_support.vtk_to_numpy(model.GetCellData().GetArray("ModelFaceID")).astype(np.int32)
+    nodes = np.asarray(nodes, dtype=np.float64)
+    tetrahedra = np.asarray(tetrahedra, dtype=np.int64)
+    if nodes.ndim != 2 or nodes.shape[1] != 3 or tetrahedra.ndim != 2 or tetrahedra.shape[1] != 4 or (
+            len(tetrahedra) == 0):
+        raise InputError("the volume mesh needs nodes (N, 3) and tetrahedra (M, 4)")
+    distance, node_of_vertex = cKDTree(nodes).query(vertices)
+    scale = float(np.ptp(vertices, axis=0).max())
+    if np.any(distance > 1e-9 * scale):
+        raise InputError("the volume mesh's nodes miss vertices of model.vtp: mesh it keeping its surface (TetGen -Y)")
+    keys = {}
+    for tet, corners in enumerate(tetrahedra.tolist()):
+        for face in ((0, 1, 2), (0, 1, 3), (0, 2, 3), (1, 2, 3)):
+            keys.setdefault(tuple(sorted(corners[k] for k in face)), tet)
+    surface_nodes = node_of_vertex[triangles]
+    try:
+        element = np.array([keys[tuple(sorted(row))] for row in surface_nodes.tolist()], dtype=np.int32) + 1
+    except KeyError:
+        raise InputError("the volume mesh's boundary is not model.vtp's triangles: mesh it keeping its surface "
+                         "(TetGen -Y)") from None
+
+    def int_array(values, name):
+        array = numpy_support.numpy_to_vtk(np.ascontiguousarray(values, dtype=np.int32), deep=True,
+                                           array_type=vtk.VTK_INT)
+        array.SetName(name)
+        return array
+
+    def surface(mask):
+        used = np.unique(triangles[mask])
+        index = np.full(len(vertices), -1)
+        index[used] = np.arange(len(used))
+        piece = polydata_from_arrays(vertices[used], index[triangles[mask]])
+        piece.GetPointData().AddArray(int_array(node_of_vertex[used] + 1, "GlobalNodeID"))
+        piece.GetCellData().AddArray(int_array(element[mask], "GlobalElementID"))
+        piece.GetCellData().AddArray(int_array(labels[mask], "ModelFaceID"))
+        return piece
+
+    grid = vtk.vtkUnstructuredGrid()
+    points = vtk.vtkPoints()
+    points.SetData(numpy_support.numpy_to_vtk(nodes, deep=True))
+    grid.SetPoints(points)
+    cells = vtk.vtkCellArray()
+    cells.SetData(numpy_support.numpy_to_vtkIdTypeArray(np.arange(0, 4 * len(tetrahedra) + 1, 4, dtype=np.int64),
+                                                        deep=True),
+                  numpy_support.numpy_to_vtkIdTypeArray(tetrahedra.ravel().astype(np.int64), deep=True))
+    grid.SetCells(vtk.VTK_TETRA, cells)
+    grid.GetPointData().AddArray(int_array(np.arange(1, len(nodes) + 1), "GlobalNodeID"))
+    grid.GetCellData().AddArray(int_array(np.arange(1, len(tetrahedra) + 1), "GlobalElementID"))
+    grid.GetCellData().AddArray(int_array(np.ones(len(tetrahedra)), "ModelRegionID"))
+    target = folder / "mesh-complete"
+    temporary = Path(tempfile.mkdtemp(prefix=".mesh-complete.", dir=folder))
+    try:
+        writer = vtk.vtkXMLUnstructuredGridWriter()
+        writer.SetFileName(str(temporary / "mesh-complete.mesh.vtu"))
+        writer.SetInputData(grid)
+        if writer.Write() != 1:
+            raise OSError("VTK could not write the volume mesh")
+        _write_vtp(surface(np.ones(len(triangles), dtype=bool)), temporary / "mesh-complete.exterior.vtp")
+        (temporary / "mesh-surfaces").mkdir()
+        walls = np.zeros(len(triangles), dtype=bool)
+        for face_id, (name, kind) in names.items():
+            mask = labels == face_id
+            _write_vtp(surface(mask), temporary / "mesh-surfaces" / f"{name}.vtp")
+            walls |= mask & (kind == "wall")
+        _write_vtp(surface(walls), temporary / "walls_combined.vtp")
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(temporary, target)
+    except OSError as error:
+        raise InputError(f"cannot write {target}: {error.strerror or error}") from None
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary, ignore_errors=True)
+    return target

@@ -298,6 +298,8 @@ def command_cfd(args) -> int:
     from .cfd_files import REPORT, check_cfd_folder, write_cfd_folder
     from .vessel_ends import name_cuts, propose_cuts
 
+    if args.mesh_complete:
+        return _mesh_complete(args.model, args.mesh_complete)
     if args.output is None and not args.list_ends:
         raise InputError("give an output folder with -o DIR (or --list-ends to see the ends only)")
     folder = check_cfd_folder(args.output) if args.output is not None else None
@@ -336,6 +338,35 @@ def command_cfd(args) -> int:
           f"h = {model.edge_length_mm:.3g} mm, smallest angle {checks['smallest_angle_degrees']:.1f} deg, "
           f"{'closed' if checks['boundary_edges'] == 0 and checks['non_manifold_edges'] == 0 else 'NOT closed'}, "
           f"{checks['self_intersections']} self-intersection(s); units {args.units}; report {folder / REPORT}")
+    return 0
+
+
+def _mesh_complete(folder, volume) -> int:
+    """SimVascular's mesh-complete/ in a CFD export folder, from a volume mesh of its model.vtp."""
+    import numpy as np
+    import vtk
+    from vtk.util import numpy_support
+
+    from .cfd_files import write_mesh_complete
+
+    if not Path(folder).is_dir():
+        raise InputError(f"--mesh-complete needs MODEL to be a CFD export folder; {folder} is not a folder")
+    if not Path(volume).is_file() or not str(volume).lower().endswith(".vtu"):
+        raise InputError(f"volume mesh {volume} must be an existing .vtu file")
+    reader = vtk.vtkXMLUnstructuredGridReader()
+    reader.SetFileName(str(volume))
+    reader.Update()
+    grid = reader.GetOutput()
+    if grid is None or grid.GetNumberOfCells() == 0:
+        raise InputError(f"volume mesh {volume} holds no cells")
+    types = numpy_support.vtk_to_numpy(grid.GetCellTypesArray())
+    if np.any(types != vtk.VTK_TETRA):
+        raise InputError(f"volume mesh {volume} holds cells other than tetrahedra")
+    nodes = numpy_support.vtk_to_numpy(grid.GetPoints().GetData()).astype(np.float64)
+    tetrahedra = numpy_support.vtk_to_numpy(grid.GetCells().GetConnectivityArray()).reshape(-1, 4)
+    target = write_mesh_complete(folder, nodes, tetrahedra)
+    print(f"{target}: mesh-complete.mesh.vtu ({len(tetrahedra)} tetrahedra), mesh-complete.exterior.vtp, "
+          f"mesh-surfaces/, walls_combined.vtp")
     return 0
 
 
@@ -545,7 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "the surface with even triangles and write it labelled for SimVascular, VMTK, "
                                      "OpenFOAM, Fluent and STAR-CCM+ (model.vtp + .facenames, multi-solid model.stl, "
                                      "faces/*.stl, model_open.vtp, cfd.json, faces.png).")
-    cfd.add_argument("model", metavar="MODEL", help="checkpoint (.pt) or closed surface (.stl .vtp .ply .obj .vtk)")
+    cfd.add_argument("model", metavar="MODEL", help="checkpoint (.pt) or closed surface (.stl .vtp .ply .obj .vtk); "
+                                                    "with --mesh-complete, a CFD export folder")
     cfd.add_argument("-o", "--output", metavar="DIR", help="output folder (new, empty, or written by cfd before)")
     cfd.add_argument("--points", metavar="FILE", help="the fitted points: each cut lies inside its end's last points")
     cfd.add_argument("--inlet", type=int, metavar="N", help="which end is the inlet (numbered as --list-ends prints; "
@@ -562,6 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="grid spacing for meshing a checkpoint (default 0.5)")
     cfd.add_argument("--surface", metavar="NAME", help="which surface of a multi-output checkpoint (e.g. lumen)")
     cfd.add_argument("--list-ends", action="store_true", help="print the proposed cuts and stop")
+    cfd.add_argument("--mesh-complete", metavar="VOLUME.vtu",
+                     help="with MODEL a CFD export folder: write SimVascular's mesh-complete/ into it from a "
+                          "tetrahedral mesh of its model.vtp that keeps its surface (TetGen -Y)")
     cfd.add_argument("--quiet", action="store_true", help="no progress lines")
     cfd.set_defaults(handler=command_cfd)
 
