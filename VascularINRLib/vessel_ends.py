@@ -339,7 +339,11 @@ def propose_cuts(polydata: vtk.vtkPolyData, points_mm: Optional[np.ndarray] = No
     vertices, triangles = arrays_from_polydata(polydata)
     edges = mesh_edges(triangles)
     closing = [_closes(vertices, edges, cut) for cut in cuts]
-    # a flat end past which the surface goes on (a loft's chain ending in a bend) is no end
+    # a flat end past which the surface goes on (a loft's chain ending in a bend) is no end: its cut does
+    # not close, or, where the rings see two ends or more, no ring end lies at it
+    seen = [any(near(end, flat) for end in ends) for flat in flat_ends]
+    if sum(seen) >= 2:
+        closing = [ok and at_an_end for ok, at_an_end in zip(closing, seen)]
     flat_ends = [flat for flat, ok in zip(flat_ends, closing) if ok]
     cuts = [cut for cut, ok in zip(cuts, closing) if ok]
     for end in ends:  # ends the fit left open (domes)
