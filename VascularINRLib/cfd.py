@@ -17,6 +17,7 @@
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
@@ -79,8 +80,6 @@ def build_cfd_model(surface: vtk.vtkPolyData, cuts: List[EndCut], edge_length_mm
                     extend_diameters: float = 0.0, iterations: int = 8,
                     progress: Optional[Callable[[str], None]] = None) -> CFDModel:
     """The CFD model of the closed surface `surface` (mm) cut by `cuts` (named: `inlet`, `outlet_1`, …)."""
-    import time
-
     say = progress or (lambda text: None)
     if not cuts:
         raise InputError("a CFD model needs at least one end cut")
@@ -116,11 +115,10 @@ def build_cfd_model(surface: vtk.vtkPolyData, cuts: List[EndCut], edge_length_mm
     v0, f0 = arrays_from_polydata(start)
     segments = np.concatenate([np.stack([loop, np.roll(loop, -1, axis=0)], axis=1) for loop in rims0])
     rim_h = rim_edge_lengths(rims0, h)
-    projection = SurfaceProjection(surface)
-    wall_vertices, wall_triangles = remesh(v0, f0, h, projection, CurveProjection(segments),
+    projection, rim_projection = SurfaceProjection(surface), CurveProjection(segments)
+    wall_vertices, wall_triangles = remesh(v0, f0, h, projection, rim_projection,
                                            iterations=iterations, boundary_edge_length=rim_h,
                                            tolerance=WALL_TOLERANCE_FRACTION * wall_tolerance(h))
-    rim_projection = CurveProjection(segments)
     wall_vertices, wall_triangles = _enough_rim_edges(wall_vertices, wall_triangles, cuts, projection,
                                                       rim_projection, h)
     for cut, loop_ids in zip(cuts, _rims_by_cut(_rim_loops(wall_vertices, wall_triangles), cuts, wall_vertices)):
