@@ -28,8 +28,10 @@ from vtk.util import numpy_support
 
 from .errors import InputError
 from .mesh import arrays_from_polydata, polydata_from_arrays
-from .remesh import CurveProjection, SurfaceProjection, count_for, decimate_to, remesh
-from .vessel_ends import EndCut, cut_region, mesh_edges
+from .remesh import CurveProjection, SurfaceProjection, count_for, decimate_to, edge_table, remesh
+from .contours import Frame
+from .mesh_quality import signed_volume
+from .vessel_ends import EndCut, cut_order, cut_region
 
 WALL_ID = 1
 EDGE_LENGTH_RADIUS_FRACTION = 1.0 / 2.5  # SimVascular's estimate: the smallest cap's radius / 2.5
@@ -97,7 +99,7 @@ def build_cfd_model(surface: vtk.vtkPolyData, cuts: List[EndCut], edge_length_mm
     timings = {}
     started = time.perf_counter()
     vertices, triangles = arrays_from_polydata(surface)
-    if _signed_volume(vertices, triangles) < 0:
+    if signed_volume(vertices, triangles) < 0:
         triangles = triangles[:, ::-1].copy()
     surface = polydata_from_arrays(vertices, triangles)
     say(f"cutting {len(cuts)} end(s)")
@@ -131,7 +133,7 @@ def build_cfd_model(surface: vtk.vtkPolyData, cuts: List[EndCut], edge_length_mm
     vertices, parts, labels = [wall_vertices], [wall_triangles], [np.full(len(wall_triangles), WALL_ID)]
     count = len(wall_vertices)
     faces = [Face(WALL_ID, "wall", "wall")]
-    order = sorted(range(len(cuts)), key=lambda i: (cuts[i].name != "inlet", _outlet_number(cuts[i].name)))
+    order = sorted(range(len(cuts)), key=lambda i: cut_order(cuts[i].name))
     loops = _rims_by_cut(_rim_loops(wall_vertices, wall_triangles), cuts, wall_vertices)
     for face_id, index in enumerate(order, start=WALL_ID + 1):
         cut, loop = cuts[index], loops[index]
@@ -200,11 +202,8 @@ def load_model_surface(path, voxel_mm: float = 0.5, surface_name: Optional[str] 
             output = sdf.output_names.index(surface_name)
         polydata = extract_surface(lambda points: sdf.sdf(points, output=output), bounds=sdf.bounds_with_margin(),
                                    voxel_mm=voxel_mm, resolution=None).polydata
-        caps = sdf.end_caps
-        if caps is not None:
-            scale = sdf.normalization.scale_mm
-            origins = sdf.normalization.to_world(caps.origins)
-            flat_ends = [(origins[i], caps.normals[i], float(caps.radii[i] * scale)) for i in range(len(caps))]
+        if sdf.end_caps is not None:
+            flat_ends = sdf.end_caps.in_mm(sdf.normalization)
         what = f"checkpoint {path.name} meshed at {voxel_mm:g} mm"
     else:
         polydata = read_mesh(path)
@@ -257,11 +256,6 @@ def _enough_rim_edges(vertices, triangles, cuts, projection, rim_projection, h):
     return remesh(np.array(vertices), triangles, h, projection, rim_projection, iterations=0, polish=2)
 
 
-def _outlet_number(name: str) -> int:
-    tail = name.rsplit("_", 1)[-1]
-    return int(tail) if tail.isdigit() else 0
-
-
 # --- cutting -----------------------------------------------------------------------------------------
 
 def cut_ends(surface: vtk.vtkPolyData, cuts: List[EndCut]) -> vtk.vtkPolyData:
@@ -269,7 +263,7 @@ def cut_ends(surface: vtk.vtkPolyData, cuts: List[EndCut]) -> vtk.vtkPolyData:
     (within its reach). InputError where a cut removes nothing or does not close within its reach."""
     vertices, triangles = arrays_from_polydata(surface)
     n = len(vertices)
-    edges = mesh_edges(triangles)
+    edges = edge_table(triangles, n)[0]
     value = np.full(n, -1.0)
     claimed = np.zeros(n, dtype=bool)
     for cut in cuts:
@@ -353,7 +347,7 @@ def _rims_by_cut(loops: List[np.ndarray], cuts: List[EndCut], vertices: np.ndarr
 def _capped_volume(wall: vtk.vtkPolyData) -> float:
     """Volume of the cut wall closed by flat caps of its own rims (the reference for the remeshed model)."""
     vertices, triangles = arrays_from_polydata(wall)
-    volume = _signed_volume(vertices, triangles)
+    volume = signed_volume(vertices, triangles)
     for loop in _rim_loops(vertices, triangles):
         points = vertices[loop]
         centre = points.mean(axis=0)
@@ -361,11 +355,6 @@ def _capped_volume(wall: vtk.vtkPolyData) -> float:
         fan = np.stack([np.repeat(centre[None], len(loop), axis=0), np.roll(points, -1, axis=0), points], axis=1)
         volume += float(np.sum(np.einsum("ij,ij->i", fan[:, 0], np.cross(fan[:, 1], fan[:, 2])))) / 6.0
     return volume
-
-
-def _signed_volume(vertices: np.ndarray, triangles: np.ndarray) -> float:
-    a, b, c = vertices[triangles[:, 0]], vertices[triangles[:, 1]], vertices[triangles[:, 2]]
-    return float(np.sum(np.einsum("ij,ij->i", a, np.cross(b, c)))) / 6.0
 
 
 def _area(polydata: vtk.vtkPolyData) -> float:
@@ -395,19 +384,12 @@ def _extension(vertices: np.ndarray, loop: np.ndarray, cut: EndCut, length: floa
     return new_vertices, np.concatenate(triangles), index[-1]
 
 
-def _plane_basis(normal: np.ndarray):
-    helper = np.array([1.0, 0.0, 0.0]) if abs(normal[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
-    e1 = np.cross(normal, helper)
-    e1 /= np.linalg.norm(e1)
-    return e1, np.cross(normal, e1)
-
-
 def _cap(rim: np.ndarray, rim_ids: np.ndarray, centre: np.ndarray, normal: np.ndarray, h: float, offset: int):
     """A flat cap on the rim (its coordinates `rim`, its global indices `rim_ids`), meshed at h with the
     rim's vertices fixed, facing along `normal` (out of the vessel): new interior vertices and the
     cap's triangles in global indices."""
-    e1, e2 = _plane_basis(normal)
-    uv = np.stack([(rim - centre) @ e1, (rim - centre) @ e2], axis=1)
+    frame = Frame.of_normal(centre, normal)
+    uv = frame.to_plane(rim)
     polygon = vtk.vtkPolyData()
     points = vtk.vtkPoints()
     points.SetData(numpy_support.numpy_to_vtk(np.column_stack([uv, np.zeros(len(uv))]), deep=True))
@@ -433,7 +415,7 @@ def _cap(rim: np.ndarray, rim_ids: np.ndarray, centre: np.ndarray, normal: np.nd
     if not np.allclose(cap_points[:len(uv), :2], uv):
         raise InputError("a cap lost a rim vertex while meshing")
     interior = cap_points[len(uv):, :2]
-    interior_3d = centre + interior[:, :1] * e1 + interior[:, 1:2] * e2
+    interior_3d = centre + interior[:, :1] * frame.u + interior[:, 1:2] * frame.v
     index = np.concatenate([rim_ids, offset + np.arange(len(interior))])
     triangles = index[cap_triangles]
     corners = np.concatenate([rim, interior_3d])[cap_triangles]

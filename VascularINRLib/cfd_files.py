@@ -160,16 +160,14 @@ def _write_vtp(polydata: vtk.vtkPolyData, path) -> None:
         raise OSError(f"VTK could not write {path}")
 
 
-def _face_polydata(polydata: vtk.vtkPolyData, label: int) -> vtk.vtkPolyData:
-    vertices, triangles = arrays_from_polydata(polydata)
-    labels = numpy_support.vtk_to_numpy(polydata.GetCellData().GetArray("ModelFaceID"))
+def _subset(vertices: np.ndarray, triangles: np.ndarray, mask: np.ndarray):
+    """The triangles under `mask` as their own mesh: (polydata, the original index of each vertex)."""
     from .mesh import polydata_from_arrays
 
-    mine = triangles[labels == label]
-    used = np.unique(mine)
+    used = np.unique(triangles[mask])
     index = np.full(len(vertices), -1)
     index[used] = np.arange(len(used))
-    return polydata_from_arrays(vertices[used], index[mine])
+    return polydata_from_arrays(vertices[used], index[triangles[mask]]), used
 
 
 def check_cfd_folder(folder) -> Path:
@@ -227,7 +225,7 @@ def write_cfd_folder(model: CFDModel, folder, units: str = "mm", lps: bool = Fal
         if picture:
             from .render import render_png
 
-            pieces = [_face_polydata(closed, face.id) for face in model.faces]
+            pieces = [_subset(vertices, triangles, labels == face.id)[0] for face in model.faces]
             title = ", ".join(f"{face.name} ({COLOUR_NAMES[i % len(COLOUR_NAMES)]})"
                               for i, face in enumerate(model.faces))
             render_png(temporary / "faces.png", pieces, colours=[FACE_COLOURS[i % len(FACE_COLOURS)]
@@ -268,7 +266,7 @@ def write_mesh_complete(cfd_folder, nodes: np.ndarray, tetrahedra: np.ndarray) -
     element ids, `ModelFaceID`), `walls_combined.vtp`. Written all at once or not at all."""
     from scipy.spatial import cKDTree
 
-    from .mesh import polydata_from_arrays, read_mesh
+    from .mesh import read_mesh
 
     folder = Path(cfd_folder)
     if not (folder / REPORT).is_file() or not (folder / "model.vtp").is_file():
@@ -304,10 +302,7 @@ def write_mesh_complete(cfd_folder, nodes: np.ndarray, tetrahedra: np.ndarray) -
         return array
 
     def surface(mask):
-        used = np.unique(triangles[mask])
-        index = np.full(len(vertices), -1)
-        index[used] = np.arange(len(used))
-        piece = polydata_from_arrays(vertices[used], index[triangles[mask]])
+        piece, used = _subset(vertices, triangles, mask)
         piece.GetPointData().AddArray(int_array(node_of_vertex[used] + 1, "GlobalNodeID"))
         piece.GetCellData().AddArray(int_array(element[mask], "GlobalElementID"))
         piece.GetCellData().AddArray(int_array(labels[mask], "ModelFaceID"))

@@ -59,6 +59,12 @@ class EndCaps:
         return cls(normalization.to_net(np.asarray(origins_mm, dtype=np.float64).reshape(-1, 3)), normals, radii,
                    LENGTH_FACTOR * radii)
 
+    def in_mm(self, normalization) -> list:
+        """The caps as flat ends in world mm: (origin, inward normal, radius) each (from_mm's inverse)."""
+        origins = normalization.to_world(self.origins)
+        return [(origins[i], self.normals[i].copy(), float(self.radii[i] * normalization.scale_mm))
+                for i in range(len(self))]
+
     def __call__(self, points_net: np.ndarray) -> np.ndarray:
         """The largest cap value at each point: min(distance past the plane, radius − distance from
         the axis, length − distance past the plane), positive only inside a cap's cylinder; −inf

@@ -17,7 +17,7 @@ from scipy.spatial import cKDTree
 from vtk.util import numpy_support
 
 from .mesh import arrays_from_polydata
-from .remesh import edge_lengths, triangle_angles_degrees
+from .remesh import edge_lengths, edge_table, triangle_angles_degrees
 
 CREASE_DEGREES = 50.0  # SimVascular's default angle for finding faces in a PolyData model
 
@@ -31,10 +31,16 @@ def face_labels(polydata: vtk.vtkPolyData) -> Optional[np.ndarray]:
 
 
 def _edges(triangles: np.ndarray, n: int):
+    """edge_table's edges, each half-edge's edge and the edges' triangle counts, and the half-edges."""
+    edges, counts, inverse = edge_table(triangles, n)
     halfedges = np.stack([triangles, np.roll(triangles, -1, axis=1)], axis=2).reshape(-1, 2)
-    keys = halfedges.min(axis=1).astype(np.int64) * n + halfedges.max(axis=1)
-    unique, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    return np.stack([unique // n, unique % n], axis=1), inverse, counts, halfedges
+    return edges, inverse, counts, halfedges
+
+
+def signed_volume(vertices: np.ndarray, triangles: np.ndarray) -> float:
+    """The enclosed volume by the divergence theorem: positive when the triangles face out."""
+    a, b, c = vertices[triangles[:, 0]], vertices[triangles[:, 1]], vertices[triangles[:, 2]]
+    return float(np.sum(np.einsum("ij,ij->i", a, np.cross(b, c)))) / 6.0
 
 
 def topology(vertices: np.ndarray, triangles: np.ndarray) -> Dict[str, object]:
@@ -49,8 +55,7 @@ def topology(vertices: np.ndarray, triangles: np.ndarray) -> Dict[str, object]:
     used[triangles.ravel()] = True
     count, label = connected_components(graph, directed=False)
     components = len(np.unique(label[used]))
-    a, b, c = vertices[triangles[:, 0]], vertices[triangles[:, 1]], vertices[triangles[:, 2]]
-    volume = float(np.sum(np.einsum("ij,ij->i", a, np.cross(b, c)))) / 6.0
+    volume = signed_volume(vertices, triangles)
     return {
         "vertices": int(used.sum()), "triangles": int(len(triangles)), "edges": int(len(edges)),
         "boundary_edges": int(np.sum(counts == 1)), "non_manifold_edges": int(np.sum(counts > 2)),

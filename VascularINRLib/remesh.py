@@ -28,7 +28,6 @@ import numpy as np
 import vtk
 from scipy.spatial import cKDTree
 
-from .mesh import arrays_from_polydata
 
 Projection = Callable[[np.ndarray], np.ndarray]
 
@@ -84,15 +83,7 @@ class CurveProjection:
         return closest[np.arange(len(points)), best]
 
 
-def boundary_segments(polydata: vtk.vtkPolyData) -> np.ndarray:
-    """The edges used by one triangle only, as segments (S, 2, 3)."""
-    vertices, triangles = arrays_from_polydata(polydata)
-    edges, counts, _ = _edge_table(triangles, len(vertices))
-    open_edges = edges[counts == 1]
-    return vertices[open_edges]
-
-
-def _edge_table(triangles: np.ndarray, n_vertices: int):
+def edge_table(triangles: np.ndarray, n_vertices: int):
     """Unique edges (E, 2) sorted within, how many triangles use each, and each half-edge's edge."""
     halfedges = np.stack([triangles, np.roll(triangles, -1, axis=1)], axis=2).reshape(-1, 2)
     low, high = halfedges.min(axis=1), halfedges.max(axis=1)
@@ -183,7 +174,7 @@ def _split_edges(V, F, boundary, fixed, project, project_boundary, select, round
     """Split at their midpoints the edges that `select(V, edges, counts, lengths)` marks, longest first,
     no two in one triangle per round."""
     for _ in range(rounds):
-        edges, counts, inverse = _edge_table(F, len(V))
+        edges, counts, inverse = edge_table(F, len(V))
         lengths = np.linalg.norm(V[edges[:, 0]] - V[edges[:, 1]], axis=1)
         candidates = np.flatnonzero(select(V, edges, counts, lengths))
         if len(candidates) == 0:
@@ -229,7 +220,7 @@ def _split_edges(V, F, boundary, fixed, project, project_boundary, select, round
 
 
 def _collapse_short_edges(V, F, boundary, fixed, low, high, rim_target):
-    edges, counts, _ = _edge_table(F, len(V))
+    edges, counts, _ = edge_table(F, len(V))
     lengths = np.linalg.norm(V[edges[:, 0]] - V[edges[:, 1]], axis=1)
     near_rim = boundary[edges[:, 0]] | boundary[edges[:, 1]]
     rim_low = np.full(len(edges), low)
@@ -361,7 +352,7 @@ def _flip_candidates(V, F, boundary, criterion: str) -> np.ndarray:
     """The interior edges (E, 2) that a flip would improve on the mesh as it is (checked again, one by
     one, as flips change it)."""
     n = len(V)
-    edges, counts, inverse = _edge_table(F, n)
+    edges, counts, inverse = edge_table(F, n)
     order = np.argsort(inverse, kind="stable")
     starts = np.searchsorted(inverse[order], np.arange(len(edges) + 1))
     interior = np.flatnonzero(counts == 2)
@@ -398,7 +389,7 @@ def _smooth(V, F, boundary, fixed, project, project_boundary, step: float = SMOO
     """Tangential relaxation: interior vertices towards their neighbours' centroid within the tangent
     plane, rim vertices towards their two rim neighbours' midpoint along the rim; then projection."""
     n = len(V)
-    edges, counts, _ = _edge_table(F, n)
+    edges, counts, _ = edge_table(F, n)
     rows = np.concatenate([edges[:, 0], edges[:, 1]])
     cols = np.concatenate([edges[:, 1], edges[:, 0]])
     on_rim = np.concatenate([counts == 1, counts == 1])
@@ -440,7 +431,7 @@ def remesh(vertices: np.ndarray, triangles: np.ndarray, edge_length: float, proj
     `fixed`: vertices that must not move or go. Returns (vertices, triangles)."""
     V = np.asarray(vertices, dtype=np.float64)
     F = np.asarray(triangles, dtype=np.int64)
-    edges, counts, _ = _edge_table(F, len(V))
+    edges, counts, _ = edge_table(F, len(V))
     boundary = np.zeros(len(V), dtype=bool)
     boundary[edges[counts == 1].ravel()] = True
     fixed = np.zeros(len(V), dtype=bool) if fixed is None else np.asarray(fixed, dtype=bool).copy()
@@ -490,7 +481,7 @@ def triangle_angles_degrees(vertices: np.ndarray, triangles: np.ndarray) -> np.n
 
 
 def edge_lengths(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
-    edges, _, _ = _edge_table(triangles, len(vertices))
+    edges, _, _ = edge_table(triangles, len(vertices))
     return np.linalg.norm(vertices[edges[:, 0]] - vertices[edges[:, 1]], axis=1)
 
 

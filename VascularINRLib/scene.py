@@ -654,9 +654,7 @@ class SceneLogic:
                 points = self.points_of(points_node)
             sdf = self.network_of(model_node)
             if sdf is not None and sdf.end_caps is not None:
-                caps, scale = sdf.end_caps, sdf.normalization.scale_mm
-                origins = sdf.normalization.to_world(caps.origins)
-                flat_ends = [(origins[i], caps.normals[i], float(caps.radii[i] * scale)) for i in range(len(caps))]
+                flat_ends = sdf.end_caps.in_mm(sdf.normalization)
             cuts = propose_cuts(surface, points, flat_ends, inlet=inlet)
         except InputError as error:
             self._set_status("error", _sentence(error))
@@ -701,7 +699,9 @@ class SceneLogic:
             if (model_node is not None and plane.GetAttribute(ATTRIBUTE_CUT)
                     and plane.GetNodeReferenceID(REFERENCE_CFD_SOURCE) == model_node.GetID()):
                 found.append(plane)
-        return sorted(found, key=lambda plane: _cut_order(self.cut_of_plane(plane).name))
+        from .vessel_ends import cut_order
+
+        return sorted(found, key=lambda plane: cut_order(self.cut_of_plane(plane).name))
 
     @staticmethod
     def cut_of_plane(plane):
@@ -965,12 +965,6 @@ def volume_of_node(node) -> "Volume":
         transform.GetMatrixTransformToWorld(to_world)
         vtk.vtkMatrix4x4.Multiply4x4(to_world, matrix, matrix)
     return Volume(array, np.array([[matrix.GetElement(row, column) for column in range(4)] for row in range(4)]))
-
-
-def _cut_order(name: str) -> tuple:
-    """inlet, outlet_1, outlet_2, … in that order."""
-    tail = name.rsplit("_", 1)[-1]
-    return (name != "inlet", int(tail) if tail.isdigit() else 0, name)
 
 
 def _show_faces(model) -> None:

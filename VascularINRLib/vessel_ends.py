@@ -28,7 +28,9 @@ from scipy.sparse.csgraph import connected_components, dijkstra
 from vtk.util import numpy_support
 
 from .errors import InputError
+from .contours import Frame
 from .mesh import arrays_from_polydata
+from .remesh import edge_table
 
 DOME_AREA_FRACTION = 0.9  # the cut lies where a section has this fraction of the area one radius in
 MIN_BRANCH_RADII = 0.75  # an end must stand out this many of its radii from where it branches off
@@ -131,12 +133,10 @@ def section(polydata: vtk.vtkPolyData, origin, normal, near, within: float) -> O
     if best is None:
         return None
     chosen = best[1]
-    e1 = np.cross(unit, [1.0, 0.0, 0.0] if abs(unit[0]) < 0.9 else [0.0, 1.0, 0.0])
-    e1 /= np.linalg.norm(e1)
-    e2 = np.cross(unit, e1)
-    outline = np.stack([chosen.points @ e1, chosen.points @ e2], axis=1)
+    frame = Frame.of_normal(chosen.centroid, unit)
+    outline = frame.to_plane(chosen.points)
     chosen.others = sum(1 for loop in loops if loop is not chosen.points
-                        and _inside_polygon(outline, np.array([loop[0] @ e1, loop[0] @ e2])))
+                        and _inside_polygon(outline, frame.to_plane(loop[:1])[0]))
     return chosen
 
 
@@ -169,7 +169,7 @@ class _Reeb:
         vertices, triangles = arrays_from_polydata(polydata)
         if len(triangles) == 0:
             raise InputError("the surface has no triangles")
-        edges = mesh_edges(triangles)
+        edges = edge_table(triangles, len(vertices))[0]
         lengths = np.linalg.norm(vertices[edges[:, 0]] - vertices[edges[:, 1]], axis=1)
         n = len(vertices)
         graph = coo_matrix((lengths, (edges[:, 0], edges[:, 1])), shape=(n, n)).tocsr()
@@ -337,7 +337,7 @@ def propose_cuts(polydata: vtk.vtkPolyData, points_mm: Optional[np.ndarray] = No
     cuts = [_cut_at_flat_end(polydata, origin, inward, radius, points_mm, flat_ends)
             for origin, inward, radius in flat_ends]
     vertices, triangles = arrays_from_polydata(polydata)
-    edges = mesh_edges(triangles)
+    edges = edge_table(triangles, len(vertices))[0]
     closing = [_closes(vertices, edges, cut) for cut in cuts]
     # a flat end past which the surface goes on (a loft's chain ending in a bend) is no end: its cut does
     # not close, or, where the rings see two ends or more, no ring end lies at it
@@ -353,12 +353,6 @@ def propose_cuts(polydata: vtk.vtkPolyData, points_mm: Optional[np.ndarray] = No
         raise InputError("no open end found: the surface has no part that ends like a vessel")
     cuts.sort(key=lambda cut: -cut.radius_mm)
     return name_cuts(cuts, inlet)
-
-
-def mesh_edges(triangles: np.ndarray) -> np.ndarray:
-    """The unique edges (E, 2) of a triangle mesh."""
-    return np.unique(np.sort(np.concatenate([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]]),
-                             axis=1), axis=0)
 
 
 def cut_region(vertices: np.ndarray, edges: np.ndarray, cut: EndCut):
@@ -418,6 +412,12 @@ def _cut_at_flat_end(polydata, origin, inward, radius, points_mm, flat_ends) -> 
     limit = _inside_limit(origin, direction, radius, points_mm, [(origin, inward, radius)])
     start = max(start, limit if limit is not None else start)
     return _place_cut(polydata, origin, direction, radius, origin, start, False, ["at a flat end"], flat_ends)
+
+
+def cut_order(name: str) -> tuple:
+    """Sort key of cut names: inlet, outlet_1, outlet_2, …"""
+    tail = name.rsplit("_", 1)[-1]
+    return (name != "inlet", int(tail) if tail.isdigit() else 0, name)
 
 
 def name_cuts(cuts: List[EndCut], inlet: Optional[int] = None) -> List[EndCut]:
@@ -539,12 +539,9 @@ def _flat_end_deficit(centre, direction, radius, flat_ends) -> float:
     for origin, inward, cap_radius in flat_ends or []:
         if np.linalg.norm(origin - centre) > 3.0 * max(radius, cap_radius) or (origin - centre) @ direction <= 0:
             continue  # far away, or behind the plane: another end's
-        helper = np.array([1.0, 0.0, 0.0]) if abs(inward[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
-        e1 = np.cross(inward, helper)
-        e1 /= np.linalg.norm(e1)
-        e2 = np.cross(inward, e1)
+        frame = Frame.of_normal(origin, inward)
         angles = np.linspace(0.0, 2.0 * np.pi, 36, endpoint=False)
-        rim = origin + cap_radius * (np.outer(np.cos(angles), e1) + np.outer(np.sin(angles), e2))
+        rim = origin + cap_radius * (np.outer(np.cos(angles), frame.u) + np.outer(np.sin(angles), frame.v))
         beyond = (rim - centre) @ direction  # must be ≥ margin
         worst = max(worst, FLAT_END_MARGIN_RADII * radius - float(beyond.min()))
     return worst

@@ -63,11 +63,8 @@ def fitted_surface(data: Path, case: str, protocol: str, seed: int):
             result = fit_points(points, preset("fast", seed=seed, point_noise_mm=0.5), slices=planes)
         sdfs.append(result.sdf)
         all_points.append(points)
-        caps = result.sdf.end_caps
-        if caps is not None:
-            origins = result.sdf.normalization.to_world(caps.origins)
-            scale = result.sdf.normalization.scale_mm
-            flat_ends += [(origins[i], caps.normals[i], float(caps.radii[i] * scale)) for i in range(len(caps))]
+        if result.sdf.end_caps is not None:
+            flat_ends += result.sdf.end_caps.in_mm(result.sdf.normalization)
     if len(sdfs) == 1:
         surface = extract_surface(sdfs[0], voxel_mm=0.5, resolution=None).polydata
     else:
