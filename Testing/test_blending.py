@@ -168,7 +168,8 @@ def test_cli_blends_checkpoints_and_refuses_bad_input(tmp_path, capsys):
                     tmp_path / "two.pt")
     before = sorted(p.name for p in tmp_path.iterdir())
     for arguments, message in [
-        (["--k", "0"], "k must be"), (["--k", "-2"], "k must be"), (["--voxel", "0"], "voxel"),
+        (["--k", "0"], "--k: expected a positive"), (["--k", "-2"], "--k: expected a positive"),
+        (["--voxel", "0"], "voxel"),
         ([str(tmp_path / "foreign.pt")], "architecture"), ([str(tmp_path / "two.pt")], "--surface"),
         ([str(tmp_path / "missing.pt")], "does not exist"),
     ]:
@@ -176,7 +177,7 @@ def test_cli_blends_checkpoints_and_refuses_bad_input(tmp_path, capsys):
         options = [x for x in arguments if not x.endswith(".pt")]
         assert main(["blend", *inputs, "-o", str(tmp_path / "bad.stl"), "--quiet", *options]) == 2, arguments
         error = capsys.readouterr().err
-        assert error.startswith("vascular-inr: error:") and message in error, error
+        assert error.startswith("vascular-inr") and ": error:" in error and message in error, error
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 

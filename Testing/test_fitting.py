@@ -171,7 +171,7 @@ def test_the_learning_rate_follows_its_schedule_to_zero_over_the_fit(aaa, monkey
         falls = [0.5 * (1 + math.cos(math.pi * f)) for f in fraction]
     assert rates == pytest.approx([config.learning_rate * f for f in falls])
     assert preset("fast").lr_schedule == "cosine"
-    with pytest.raises(InputError, match="linear, cosine or constant"):
+    with pytest.raises(InputError, match="'linear', 'cosine' or 'constant'"):
         fit_points(points, preset("fast", max_iterations=5, lr_schedule="step"))
 
 

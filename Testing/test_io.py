@@ -67,7 +67,8 @@ def test_written_csv_has_xyz_header(tmp_path):
     ("two_header_lines.txt", "exported by some tool\nid, x, y, z\n0, 1, 2, 3\n1, 4, 5, 6\n2, 7.5, -8e1, 9\n"),
     ("named_columns.csv", "label,Z_mm,x_mm,Y_mm,radius\na,3,1,2,0.5\nb,6,4,5,0.5\nc,9,7.5,-80,0.5\n"),
     ("ras_columns.csv", "\"S\",\"R\",\"A\"\n3,1,2\n6,4,5\n9,7.5,-80\n"),
-    ("label_first.txt", "p1 1 2 3 0.1\np2 4 5 6 0.1\np3 7.5 -80 9 0.1\n"),
+    ("label_first.txt", "p1 1 2 3\np2 4 5 6\np3 7.5 -80 9\n"),
+    ("normals.xyz", "1 2 3 0 0 1\n4 5 6 0 1 0\n7.5 -80 9 1 0 0\n"),
     ("crlf_bom.csv", "\ufeffx,y,z\r\n1,2,3\r\n4,5,6\r\n7.5,-80,9\r\n"),
 ])
 def test_read_points_tables(tmp_path, name, text):
@@ -234,7 +235,7 @@ def test_check_points_no_warning_without_duplicates():
     (np.ones((10, 2)), r"\(N,3\) array.*shape \(10, 2\)"),
     (np.ones(3), r"\(N,3\) array"),
     ([["a", "b", "c"]], "not numeric"),
-    (np.vstack([tube_points(), [[np.nan, 0, 0], [0, np.inf, 0]]]), "2 point.*NaN or infinite.*row 60"),
+    (np.vstack([tube_points(), [[np.nan, 0, 0], [0, np.inf, 0]]]), "2 point.*NaN or infinite.*point 61"),
     (tube_points()[:5], "only 5 distinct point.*at least 10"),
     (np.vstack([tube_points()[:5]] * 4), "only 5 distinct point.*at least 10"),
     (np.ones((20, 3)), "all 20 points are identical"),
@@ -277,7 +278,7 @@ def test_stl_is_binary(tmp_path):
 
 @pytest.mark.parametrize("name, content, message", [
     ("empty.stl", b"", "cannot read mesh"),
-    ("empty.ply", b"", "cannot read mesh"),
+    ("empty.ply", b"", "not a valid PLY file"),
     ("garbage.vtk", b"garbage", "not a legacy VTK polydata file"),
     ("truncated.vtp", b'<?xml version="1.0"?>\n<VTKFile type="PolyData"><PolyData><Piece', "cannot read mesh"),
     ("mesh.off", b"OFF\n", "unknown mesh extension '.off'"),
@@ -446,7 +447,7 @@ def test_failing_points_writer_keeps_old_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(points_io.json, "dump", dump_half)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(InputError, match="points.mrk.json: No space left"):
         write_markups_json(tube_points(), target)
     assert target.read_text() == "older points"
     assert files_in(tmp_path) == ["points.mrk.json"]

@@ -205,3 +205,16 @@ def test_cli_writes_every_file_and_refuses_bad_input(walls, tmp_path, capsys):
     assert main(["nested", str(files["lumen"]), str(files["outer_wall"]), "-o", str(tmp_path / "no" / "dir"),
                  "--quiet"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_swapped_walls_are_refused_from_their_points_before_a_guaranteed_fit(walls, monkeypatch):
+    """Issue 20: 'nested OUTER LUMEN' in the default mode exited 0 with the two walls laid onto each other
+    (a guaranteed fit cannot put an inner wall outside an outer one). With boxes that do not tell, the
+    points do: most outer-wall points lie on the inner side of the lumen's points."""
+    monkeypatch.setattr(nested, "check_order_of_boxes", lambda walls: None)
+    monkeypatch.setattr(nested, "fit_points", None)  # refused before any fit
+    swapped = {"lumen": walls["outer_wall"], "outer_wall": walls["lumen"]}
+    with pytest.raises(InputError, match="lie inside the lumen points.*wrong order"):
+        nested.fit_nested(swapped, "guaranteed", SHORT)
+    right = {"lumen": walls["lumen"], "outer_wall": walls["outer_wall"]}
+    assert nested.check_order_of_points(right)["outer_wall_points_on_the_inner_side_of_lumen"] < 0.3

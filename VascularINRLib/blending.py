@@ -198,14 +198,15 @@ class BlendResult:
 
 def vessels_from_checkpoints(paths: Sequence, surface: Optional[str] = None, device: str = "cpu") -> List[Vessel]:
     """Load checkpoints as vessels. A multi-output checkpoint needs `surface` (one of its output names);
-    single-output checkpoints ignore it."""
+    single-output checkpoints ignore it, but at least one checkpoint must have several outputs."""
     from .checkpoint import load_checkpoint
 
     if not paths:
         raise InputError("nothing to blend: give at least one checkpoint")
-    vessels = []
+    vessels, several = [], False
     for path in paths:
         sdf = load_checkpoint(path, device=device)
+        several = several or len(sdf.output_names) > 1
         names = sdf.output_names
         if len(names) == 1:
             output = 0
@@ -217,6 +218,8 @@ def vessels_from_checkpoints(paths: Sequence, surface: Optional[str] = None, dev
             raise InputError(f"checkpoint {path} holds {len(names)} surfaces ({', '.join(names)}): "
                              f"choose one with --surface NAME")
         vessels.append(Vessel.from_neural_sdf(sdf, output, name=Path(path).stem))
+    if surface is not None and not several:
+        raise InputError(f"--surface {surface}: none of the checkpoints holds several surfaces (nested walls)")
     return vessels
 
 

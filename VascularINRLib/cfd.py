@@ -195,6 +195,9 @@ def load_model_surface(path, voxel_mm: float = 0.5, surface_name: Optional[str] 
             raise InputError(f"--voxel must be a positive number of mm, got {voxel_mm}")
         sdf = load_checkpoint(path)
         output = 0
+        if surface_name is not None and len(sdf.output_names) == 1 and surface_name not in sdf.output_names:
+            raise InputError(f"checkpoint {path} holds one surface: --surface {surface_name} is for checkpoints "
+                             f"of nested walls")
         if len(sdf.output_names) > 1:
             if surface_name not in sdf.output_names:
                 raise InputError(f"checkpoint {path} holds surfaces {', '.join(sdf.output_names)}: "
@@ -206,6 +209,8 @@ def load_model_surface(path, voxel_mm: float = 0.5, surface_name: Optional[str] 
             flat_ends = sdf.end_caps.in_mm(sdf.normalization)
         what = f"checkpoint {path.name} meshed at {voxel_mm:g} mm"
     else:
+        if surface_name is not None:
+            raise InputError(f"--surface {surface_name} names a surface of a checkpoint; {path} is a mesh")
         polydata = read_mesh(path)
         what = f"surface {path.name}"
     pieces = connected_components(polydata)

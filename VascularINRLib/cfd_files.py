@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -33,6 +31,7 @@ from vtk.util import numpy_support
 
 from .cfd import CFDModel
 from .errors import InputError
+from .files import atomic_folder
 from .mesh import arrays_from_polydata
 from .mesh_quality import cap_measures, check_cfd_surface
 
@@ -205,13 +204,7 @@ def write_cfd_folder(model: CFDModel, folder, units: str = "mm", lps: bool = Fal
     report = cfd_report(model, units, lps, intersections, source)
     closed = scaled(model.polydata, scale, lps)
     wall = scaled(model.wall, scale, lps)
-    parent = folder.parent if str(folder.parent) else Path(".")
-    try:
-        temporary = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=parent))
-    except OSError as error:
-        raise InputError(f"cannot write in {parent}: {error.strerror}") from None
-    old = None
-    try:
+    with atomic_folder(folder) as temporary:
         _write_vtp(closed, temporary / "model.vtp")
         (temporary / "model.vtp.facenames").write_text(facenames_text(model, "model.vtp"))
         vertices, triangles = arrays_from_polydata(closed)
@@ -232,30 +225,7 @@ def write_cfd_folder(model: CFDModel, folder, units: str = "mm", lps: bool = Fal
                                                                   for i in range(len(pieces))],
                        title=title, show_edges=True, view="broadside")
         (temporary / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-        for path in [temporary, *temporary.rglob("*")]:
-            os.chmod(path, 0o777 & ~_umask() if path.is_dir() else 0o666 & ~_umask())
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=parent))
-            os.rmdir(old)
-            os.rename(folder, old)
-        os.rename(temporary, folder)
-    except OSError as error:
-        if old is not None and not folder.exists():
-            os.rename(old, folder)
-            old = None
-        raise InputError(f"cannot write {folder}: {error.strerror or error}") from None
-    finally:
-        if temporary.exists():
-            shutil.rmtree(temporary, ignore_errors=True)
-        if old is not None and old.exists():
-            shutil.rmtree(old, ignore_errors=True)
     return report
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_mesh_complete(cfd_folder, nodes: np.ndarray, tetrahedra: np.ndarray) -> Path:
@@ -321,13 +291,12 @@ def write_mesh_complete(cfd_folder, nodes: np.ndarray, tetrahedra: np.ndarray) -
     grid.GetCellData().AddArray(int_array(np.arange(1, len(tetrahedra) + 1), "GlobalElementID"))
     grid.GetCellData().AddArray(int_array(np.ones(len(tetrahedra)), "ModelRegionID"))
     target = folder / "mesh-complete"
-    temporary = Path(tempfile.mkdtemp(prefix=".mesh-complete.", dir=folder))
-    try:
+    with atomic_folder(target) as temporary:
         writer = vtk.vtkXMLUnstructuredGridWriter()
         writer.SetFileName(str(temporary / "mesh-complete.mesh.vtu"))
         writer.SetInputData(grid)
         if writer.Write() != 1:
-            raise OSError("VTK could not write the volume mesh")
+            raise InputError(f"cannot write {target}: VTK could not write the volume mesh")
         _write_vtp(surface(np.ones(len(triangles), dtype=bool)), temporary / "mesh-complete.exterior.vtp")
         (temporary / "mesh-surfaces").mkdir()
         walls = np.zeros(len(triangles), dtype=bool)
@@ -336,12 +305,4 @@ def write_mesh_complete(cfd_folder, nodes: np.ndarray, tetrahedra: np.ndarray) -
             _write_vtp(surface(mask), temporary / "mesh-surfaces" / f"{name}.vtp")
             walls |= mask & (kind == "wall")
         _write_vtp(surface(walls), temporary / "walls_combined.vtp")
-        if target.exists():
-            shutil.rmtree(target)
-        os.rename(temporary, target)
-    except OSError as error:
-        raise InputError(f"cannot write {target}: {error.strerror or error}") from None
-    finally:
-        if temporary.exists():
-            shutil.rmtree(temporary, ignore_errors=True)
     return target

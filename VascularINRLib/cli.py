@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
 
-from .errors import FitCancelled, InputError
+from .errors import FitCancelled, InputError, Interrupted
 
 PROG = "vascular-inr"
 MESH_SUFFIXES = (".stl", ".vtp", ".ply", ".obj", ".vtk")
@@ -78,8 +81,6 @@ def fit_and_mesh(points, config, args, description="fit", image=None):
 def _config_from_args(args):
     from .fitting import preset
 
-    if args.max_radius is not None and args.max_radius <= 0:
-        raise InputError(f"--max-radius must be a positive number of mm, got {args.max_radius}")
     return preset(args.preset, seed=args.seed, max_iterations=args.max_iterations,
                   time_limit_s=args.time_limit, threads=args.threads, max_radius_mm=args.max_radius,
                   point_noise_mm=args.point_noise, slices=args.slices,
@@ -89,6 +90,7 @@ def _config_from_args(args):
 def command_fit(args) -> int:
     from .checkpoint import save_checkpoint
     from .mesh import write_mesh
+    from .points_check import check_points
     from .points_io import read_points
 
     output = _output_path(args.output, MESH_SUFFIXES, "surface output")
@@ -97,8 +99,10 @@ def command_fit(args) -> int:
     for path, suffixes, what in extra:
         if path:
             _output_path(path, suffixes, what)
-    points = read_points(args.points)
     config, image = _config_from_args(args), None
+    given = read_points(args.points)
+    points = check_points(given, source=args.points, limit=config.max_points, seed=config.seed)
+    _check_grid(points, args)  # bad points and a bad grid are refused before the fit
     if args.image:
         from dataclasses import replace
 
@@ -108,6 +112,8 @@ def command_fit(args) -> int:
         if args.point_noise is None:  # clicks on this image: about half its in-plane voxel off the wall
             config = replace(config, point_noise_mm=click_error_mm(image.spacing_mm))
     result, surface, report = fit_and_mesh(points, config, args, image=image)
+    if len(given) > config.max_points:
+        report["points_given"] = len(given)
     write_mesh(surface.polydata, output)
     if args.checkpoint:
         save_checkpoint(result.sdf, args.checkpoint, report)
@@ -132,6 +138,19 @@ def command_fit(args) -> int:
           f"{report['fit_seconds']:.1f} s, mean |SDF| at the points {report['mean_abs_sdf_at_points_mm']:.3f} mm, "
           f"{'watertight' if report['watertight'] else 'NOT watertight'}, {report['components']} component(s)")
     return 0
+
+
+def _check_grid(points, args) -> None:
+    """Refuse a --voxel too fine for the points' box before the fit, not after it."""
+    import numpy as np
+
+    from .surface import grid_geometry
+
+    if getattr(args, "voxel", None) is not None:
+        low, high = points.min(axis=0), points.max(axis=0)
+        margin = 0.1 * float(np.max(high - low))
+        bounds = np.ravel(np.column_stack([low - margin, high + margin]))
+        grid_geometry(bounds, voxel_mm=args.voxel)
 
 
 def command_sample(args) -> int:
@@ -170,10 +189,10 @@ def command_demo(args) -> int:
     from .points_io import write_points
     from .render import render_png
 
-    folder = Path(args.output)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _output_folder(args.output)
     phantom = aaa_lumen()
     points = sample_points_on_mesh(phantom.mesh(), args.points, seed=args.seed)
+    _make_folder(folder)
     write_points(points, folder / "points.csv")
     result, surface, report = fit_and_mesh(points, _config_from_args(args), args, description="demo fit")
     write_mesh(surface.polydata, folder / "surface.stl")
@@ -189,6 +208,17 @@ def command_demo(args) -> int:
     for name in ("points.csv", "surface.stl", "surface.png", "report.json"):
         print(f"  {folder / name}")
     return 0
+
+
+def _make_folder(folder: Path) -> None:
+    """Create an output folder; if the command then fails, its transaction removes it again."""
+    from .files import active_transaction
+
+    transaction = active_transaction()
+    if transaction is not None:
+        transaction.make_folder(folder)
+    else:
+        folder.mkdir(exist_ok=True)
 
 
 def _output_folder(path) -> Path:
@@ -211,8 +241,6 @@ def command_nested(args) -> int:
     from .points_io import read_points
 
     folder = _output_folder(args.output)
-    if args.check_voxel <= 0:
-        raise InputError(f"--check-voxel must be a positive number of mm, got {args.check_voxel}")
     given = {"lumen": args.lumen, "inner_wall": args.inner_wall, "outer_wall": args.outer_wall}
     references = {"lumen": args.reference_lumen, "inner_wall": args.reference_inner_wall,
                   "outer_wall": args.reference_outer_wall}
@@ -233,7 +261,7 @@ def command_nested(args) -> int:
     report["checkpoint"] = ("one network with an output per wall" if args.mode != "separate" else
                             "the separately fitted networks merged exactly into one block-diagonal network "
                             "(one output per wall)")
-    folder.mkdir(exist_ok=True)
+    _make_folder(folder)
     written = []
     for name, surface in surfaces.items():
         for suffix in (".stl", ".vtp"):
@@ -444,17 +472,43 @@ def noise_mm(text: str) -> float:
     return value
 
 
+def _typed(convert, accept, expected: str):
+    """An argparse type: `convert` the text, then `accept` the value, else 'expected ..., got ...'."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except (ValueError, OverflowError):
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    parse.__name__ = expected
+    return parse
+
+
+MAX_SAMPLED_POINTS = 10_000_000
+whole_count = _typed(int, lambda v: v >= 1, "a whole number, 1 or more")
+seed_value = _typed(int, lambda v: 0 <= v < 2 ** 32, "a seed in 0..4294967295")
+positive_mm = _typed(float, lambda v: 0 < v < math.inf, "a positive number of mm")
+positive_seconds = _typed(float, lambda v: 0 < v < math.inf, "a positive number of seconds")
+resolution_nodes = _typed(int, lambda v: 8 <= v <= 1024, "a number of grid nodes in 8..1024")
+port_number = _typed(int, lambda v: 0 <= v <= 65535, "a port in 0..65535")
+sample_count = _typed(int, lambda v: 1 <= v <= MAX_SAMPLED_POINTS, f"a number of points in 1..{MAX_SAMPLED_POINTS}")
+diameters = _typed(float, lambda v: 0 <= v < math.inf, "0 or more diameters")
+
+
 def _add_fit_options(parser, with_device=True) -> None:
     group = parser.add_argument_group("fit options")
     group.add_argument("--preset", default="fast", choices=["fast", "paper"],
                        help="fast (default): seconds on a CPU; paper: 6x256, lr 1e-4, 25,000 iterations")
-    group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    group.add_argument("--max-iterations", type=int, metavar="N", help="cap the number of iterations")
-    group.add_argument("--time-limit", type=float, metavar="S", help="stop the fit after S seconds")
+    group.add_argument("--seed", type=seed_value, default=0, help="random seed (default 0)")
+    group.add_argument("--max-iterations", type=whole_count, metavar="N", help="cap the number of iterations")
+    group.add_argument("--time-limit", type=positive_seconds, metavar="S", help="stop the fit after S seconds")
     group.add_argument("--threads", type=thread_count, metavar="N|auto",
                        help="torch CPU threads during the fit (default auto: short blocks of steps are timed on "
                             "1, 2, 4 ... threads throughout the fit and the others run on the faster)")
-    group.add_argument("--max-radius", type=float, metavar="MM",
+    group.add_argument("--max-radius", type=positive_mm, metavar="MM",
                        help="largest vessel radius in mm for the far-field prior (default: estimated)")
     group.add_argument("--point-noise", type=noise_mm, metavar="MM",
                        help="σ of the points' error in mm: clicks on slices are averaged over, and the radius "
@@ -469,14 +523,22 @@ def _add_fit_options(parser, with_device=True) -> None:
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                        help="auto (default) uses a CUDA GPU when torch sees one")
     resolution = group.add_mutually_exclusive_group()
-    resolution.add_argument("--resolution", type=int, default=256, metavar="N",
+    resolution.add_argument("--resolution", type=resolution_nodes, default=256, metavar="N",
                             help="grid nodes along the longest side of the box (default 256)")
-    resolution.add_argument("--voxel", type=float, metavar="MM", help="grid spacing in mm instead of --resolution")
+    resolution.add_argument("--voxel", type=positive_mm, metavar="MM",
+                            help="grid spacing in mm instead of --resolution")
     group.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line (exit 2), pointing at --help instead of printing the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=PROG,
         description="Sparse, unoriented points on a vessel wall -> a smooth, watertight vessel surface, "
                     "held as the zero level set of a neural signed distance function (IGR). "
@@ -499,28 +561,28 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the volume the points were clicked on (.nrrd .nhdr .mha .mhd .nii .nii.gz): between the "
                           "clicks the wall follows the edge it shows (--point-noise defaults to half its voxel)")
     _add_fit_options(fit)
-    fit.set_defaults(handler=command_fit)
+    fit.set_defaults(handler=command_fit, transaction=True)
 
     sample = sub.add_parser("sample", help="sample random points on a mesh (area-uniform)")
     sample.add_argument("mesh", help="mesh: .stl .vtp .ply .obj .vtk")
-    sample.add_argument("-n", type=int, default=200, help="number of points (default 200)")
+    sample.add_argument("-n", type=sample_count, default=200, help="number of points (default 200)")
     sample.add_argument("-o", "--output", required=True, help="points .csv")
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--noise", type=float, default=0.0, metavar="MM", help="Gaussian noise σ in mm (default 0)")
-    sample.set_defaults(handler=command_sample)
+    sample.add_argument("--seed", type=seed_value, default=0)
+    sample.add_argument("--noise", type=noise_mm, default=0.0, metavar="MM", help="Gaussian noise σ in mm (default 0)")
+    sample.set_defaults(handler=command_sample, transaction=True)
 
     evaluate = sub.add_parser("evaluate", help="Dice, average surface distance and HD95 against a reference")
     evaluate.add_argument("surface", help="the surface to judge (closed mesh)")
     evaluate.add_argument("--reference", required=True, help="the reference surface (closed mesh)")
-    evaluate.add_argument("--voxel", type=float, metavar="MM", help="voxel size for Dice (default: automatic)")
+    evaluate.add_argument("--voxel", type=positive_mm, metavar="MM", help="voxel size for Dice (default: automatic)")
     evaluate.add_argument("--json", metavar="OUT.json", help="write every metric")
-    evaluate.set_defaults(handler=command_evaluate)
+    evaluate.set_defaults(handler=command_evaluate, transaction=True)
 
     demo = sub.add_parser("demo", help="fit the built-in AAA phantom from 200 points and write pictures")
     demo.add_argument("-o", "--output", default="vascular-inr-demo", help="folder (default ./vascular-inr-demo)")
-    demo.add_argument("--points", type=int, default=200, help="number of points (default 200)")
+    demo.add_argument("--points", type=sample_count, default=200, help="number of points (default 200)")
     _add_fit_options(demo)
-    demo.set_defaults(handler=command_demo)
+    demo.set_defaults(handler=command_demo, transaction=True)
 
     nested = sub.add_parser("nested", help="fit nested walls (lumen, [inner wall,] outer wall) in one go",
                             description="Fit the lumen, optionally the inner wall, and the outer wall of a vessel "
@@ -536,10 +598,10 @@ def build_parser() -> argparse.ArgumentParser:
     nested.add_argument("--reference-lumen", metavar="MESH", help="reference surface: Dice and ASD in the report")
     nested.add_argument("--reference-inner-wall", metavar="MESH", help="reference surface of the inner wall")
     nested.add_argument("--reference-outer-wall", metavar="MESH", help="reference surface of the outer wall")
-    nested.add_argument("--check-voxel", type=float, default=1.0, metavar="MM",
+    nested.add_argument("--check-voxel", type=positive_mm, default=1.0, metavar="MM",
                         help="grid spacing of the nesting check (default 1 mm)")
     _add_fit_options(nested)
-    nested.set_defaults(handler=command_nested)
+    nested.set_defaults(handler=command_nested, transaction=True)
 
     blend = sub.add_parser("blend", help="blend separately fitted vessels (checkpoints) into one surface",
                            description="Smooth union of vessels fitted separately, each in its own domain: "
@@ -547,16 +609,16 @@ def build_parser() -> argparse.ArgumentParser:
     blend.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoints (.pt) written by fit or nested")
     blend.add_argument("-o", "--output", required=True, help="surface: .stl .vtp .ply .obj .vtk")
     union = blend.add_mutually_exclusive_group()
-    union.add_argument("--k", type=float, default=1.0, metavar="MM",
+    union.add_argument("--k", type=positive_mm, default=1.0, metavar="MM",
                        help="width of the blend in mm (default 1; the surface moves out by at most k/4 where "
                             "vessels meet)")
     union.add_argument("--hard-union", action="store_true", help="plain union min(a, b), no blending")
-    blend.add_argument("--voxel", type=float, default=0.5, metavar="MM", help="grid spacing in mm (default 0.5)")
+    blend.add_argument("--voxel", type=positive_mm, default=0.5, metavar="MM", help="grid spacing in mm (default 0.5)")
     blend.add_argument("--surface", metavar="NAME", help="which surface of multi-output checkpoints (e.g. lumen)")
     blend.add_argument("--png", metavar="OUT.png", help="render the blended surface")
     blend.add_argument("--json", metavar="REPORT.json", help="write the blend report")
     blend.add_argument("--quiet", action="store_true", help="no progress bar")
-    blend.set_defaults(handler=command_blend)
+    blend.set_defaults(handler=command_blend, transaction=True)
 
     serve = sub.add_parser("serve", help="the interactive workflow in a browser (load, click points, fit, export)",
                            description="Serve the VascularINR workflow as a web page: a volume in slice and 3D "
@@ -564,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "change, nested walls, blending, export.")
     serve.add_argument("data", nargs="*", metavar="DATA",
                        help="volumes (.nrrd .nii .nii.gz .mha .mhd); default: the built-in AAA phantom CT")
-    serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free port)")
+    serve.add_argument("--port", type=port_number, default=8080, help="port (default 8080; 0: any free port)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--export-dir", metavar="DIR",
@@ -580,17 +642,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "with --mesh-complete, a CFD export folder")
     cfd.add_argument("-o", "--output", metavar="DIR", help="output folder (new, empty, or written by cfd before)")
     cfd.add_argument("--points", metavar="FILE", help="the fitted points: each cut lies inside its end's last points")
-    cfd.add_argument("--inlet", type=int, metavar="N", help="which end is the inlet (numbered as --list-ends prints; "
-                                                           "default: the widest)")
+    cfd.add_argument("--inlet", type=whole_count, metavar="N",
+                     help="which end is the inlet (numbered as --list-ends prints; default: the widest)")
     cfd.add_argument("--cuts", metavar="JSON", help="the cuts to use (a cfd.json, or a list of cuts): edit a plane "
                                                    "and cut again")
-    cfd.add_argument("--edge-length", type=float, metavar="MM",
+    cfd.add_argument("--edge-length", type=positive_mm, metavar="MM",
                      help="target edge length h (default: the smallest end's radius / 2.5)")
-    cfd.add_argument("--extend", type=float, default=0.0, metavar="D",
+    cfd.add_argument("--extend", type=diameters, default=0.0, metavar="D",
                      help="flow extensions, D diameters long (default 0; 5-10 are common)")
     cfd.add_argument("--units", choices=("mm", "cm", "m"), default="mm", help="units of the files (default mm)")
     cfd.add_argument("--lps", action="store_true", help="write x and y negated (RAS to LPS)")
-    cfd.add_argument("--voxel", type=float, default=0.5, metavar="MM",
+    cfd.add_argument("--voxel", type=positive_mm, default=0.5, metavar="MM",
                      help="grid spacing for meshing a checkpoint (default 0.5)")
     cfd.add_argument("--surface", metavar="NAME", help="which surface of a multi-output checkpoint (e.g. lumen)")
     cfd.add_argument("--list-ends", action="store_true", help="print the proposed cuts and stop")
@@ -598,7 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with MODEL a CFD export folder: write SimVascular's mesh-complete/ into it from a "
                           "tetrahedral mesh of its model.vtp that keeps its surface (TetGen -Y)")
     cfd.add_argument("--quiet", action="store_true", help="no progress lines")
-    cfd.set_defaults(handler=command_cfd)
+    cfd.set_defaults(handler=command_cfd, transaction=True)
 
     reproduce = sub.add_parser("reproduce", help="the paper's experiments (robustness, nested walls, blending) "
                                "and clicks on slices, as figures and tables",
@@ -622,23 +684,68 @@ def _print_warning(message, category, filename, lineno, file=None, line=None):
     print(f"{PROG}: warning: {message}", file=sys.stderr)
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    warnings.showwarning = _print_warning
+SIGNAL_NAMES = {getattr(signal, name): name for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)}
+
+
+@contextlib.contextmanager
+def _signals_as_interrupts():
+    """SIGTERM and SIGHUP stop a command the way Ctrl-C does (main thread only)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
+
+    previous = {}
+    for signum in SIGNAL_NAMES:
+        if signum != signal.SIGINT:
+            previous[signum] = signal.signal(signum, interrupt)
     try:
-        return args.handler(args)
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def main(argv=None) -> int:
+    from .files import committed_outputs, output_transaction
+
+    before = len(committed_outputs())
+    printed = io.StringIO()
+    try:
+        with _signals_as_interrupts():
+            try:
+                args = build_parser().parse_args(argv)
+            except SystemExit as exit:  # a usage error (2, said in one line) or --help (0)
+                return exit.code if isinstance(exit.code, int) else 2
+            warnings.showwarning = _print_warning
+            if not getattr(args, "transaction", False):
+                return args.handler(args)
+            with output_transaction(), contextlib.redirect_stdout(printed):  # said once all is written
+                code = args.handler(args)
+            sys.stdout.write(printed.getvalue())
+            return code
     except InputError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     except FitCancelled as error:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:
+        signum = getattr(error, "signum", signal.SIGINT)
+        written = committed_outputs()[before:]
+        if printed.getvalue() and written:
+            sys.stdout.write(printed.getvalue())
+        names = ", ".join(map(str, written[:3])) + (f" and {len(written) - 3} more" if len(written) > 3 else "")
+        what = "nothing was written" if not written else f"after writing {names}"
+        print(f"{PROG}: interrupted ({SIGNAL_NAMES.get(signum, signum)}); {what}", file=sys.stderr)
+        return 128 + int(signum)
     except ImportError as error:
-        print(f"{PROG}: error: a dependency is missing ({error}); install with "
-              f"'pip install torch==2.13.0 -e .' (CPU build of PyTorch)", file=sys.stderr)
+        print(f"{PROG}: error: a dependency is missing ({error}); install it with "
+              f"'pip install torch==2.13.0 -e .' in this environment", file=sys.stderr)
         return 1
     except Exception as error:  # the last line of defence: one clear line, details on request
         if os.environ.get("VASCULAR_INR_DEBUG"):

@@ -11,3 +11,11 @@ class InputError(VascularINRError, ValueError):
 
 class FitCancelled(VascularINRError):
     """A fit was cancelled from another thread before it finished."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled like Ctrl-C: the command stops and writes nothing."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

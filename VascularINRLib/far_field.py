@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ SHELL_FRACTION = 0.75  # of the pool, drawn just beyond D around the points: whe
 RADIUS_QUANTILE = 0.95
 RADIUS_SAFETY = 1.0
 NEIGHBOURS_FOR_TANGENT_BALLS = 256
+RADII_CHUNK = 2048  # points whose tangent balls are found together (memory: this × 256 neighbours)
 NEIGHBOURS_FOR_LOCAL_RADIUS = 10
 NEIGHBOURS_OF_A_SAMPLE = 8
 NOISE_TOLERANCE_SIGMAS = 2.0  # how far (in σ of the clicks' noise) a neighbour may reach into a ball
@@ -47,15 +48,39 @@ def pca_normals(points: np.ndarray, k: Optional[int] = None) -> np.ndarray:
     return vt[:, 2, :]
 
 
-def inscribed_radii(points: np.ndarray, tolerance: float = 0.0) -> np.ndarray:
+def inscribed_radii(points: np.ndarray, tolerance: float = 0.0, check: Optional[Callable[[], None]] = None,
+                    chunk: int = RADII_CHUNK) -> np.ndarray:
     """Per point, the radius of the largest ball tangent to its PCA plane (smaller side) that no
     neighbour enters. With `tolerance` (the points' noise, same units), the neighbours near enough to
     jitter the ball smaller (within 2·√(tolerance·r), r the ball that every neighbour may enter by
-    `tolerance`) may enter it by that much; farther ones, as across a sparse vessel, may not."""
+    `tolerance`) may enter it by that much; farther ones, as across a sparse vessel, may not.
+    Computed `chunk` points at a time (memory: chunk × 256 neighbours), calling `check` (which may
+    raise, e.g. on a cancel) between chunks."""
+    plus, minus, _ = tangent_balls(points, tolerance, check, chunk)
+    return np.minimum(plus, minus)
+
+
+def tangent_balls(points: np.ndarray, tolerance: float = 0.0, check: Optional[Callable[[], None]] = None,
+                  chunk: int = RADII_CHUNK):
+    """Per point, the largest empty tangent balls on the two sides of its PCA plane (see
+    `inscribed_radii`): (radius on the normal's side, radius on the other side, the normals). The
+    smaller side is the inside of a convex cross-section."""
     normals = pca_normals(points)
+    tree = cKDTree(points)
+    plus, minus = np.empty(len(points)), np.empty(len(points))
+    for start in range(0, len(points), chunk):
+        if check is not None:
+            check()
+        stop = min(start + chunk, len(points))
+        plus[start:stop], minus[start:stop] = _tangent_chunk(points, tree, points[start:stop], normals[start:stop],
+                                                             tolerance)
+    return plus, minus, normals
+
+
+def _tangent_chunk(points, tree, these, normals, tolerance: float):
     k = min(NEIGHBOURS_FOR_TANGENT_BALLS, len(points) - 1)
-    _, index = cKDTree(points).query(points, k=k + 1)
-    offsets = points[index[:, 1:]] - points[:, None, :]
+    _, index = tree.query(these, k=k + 1)
+    offsets = points[index[:, 1:]] - these[:, None, :]
     along_normal = np.einsum("ijk,ik->ij", offsets, normals)
     squared = (offsets ** 2).sum(axis=2)
 
@@ -67,11 +92,11 @@ def inscribed_radii(points: np.ndarray, tolerance: float = 0.0) -> np.ndarray:
             radius = np.where(depth > 0, (squared - entry ** 2) / (2.0 * depth), np.inf)
         plus = np.where(along_normal > 0, radius, np.inf).min(axis=1)
         minus = np.where(along_normal < 0, radius, np.inf).min(axis=1)
-        return np.minimum(plus, minus)
+        return plus, minus
 
     if tolerance <= 0:
         return balls(0.0)
-    loose = balls(tolerance)
+    loose = np.minimum(*balls(tolerance))
     return balls(np.where(squared < 4.0 * tolerance * loose[:, None], tolerance, 0.0))
 
 
@@ -158,7 +183,7 @@ class FarFieldPrior:
               generator: np.random.Generator, device, dtype, draws: Optional[int] = None,
               point_noise_mm: float = 0.0, radii_mm: Optional[np.ndarray] = None,
               spacing_mm: Optional[np.ndarray] = None, end_caps=None,
-              end_cap_fraction: float = 0.0) -> "FarFieldPrior":
+              end_cap_fraction: float = 0.0, check: Optional[Callable[[], None]] = None) -> "FarFieldPrior":
         """`draws`: how many samples the fit will take from the pool (None: many). A short refit's few
         draws need a small pool, and building it is the refit's largest fixed cost. `point_noise_mm`:
         the σ of the points' noise, which the inscribed balls tolerate. `radii_mm`: the vessel's radius
@@ -168,7 +193,7 @@ class FarFieldPrior:
         data around it may leave the vessel unsampled (for rings, the gap to the next slice), where it
         is larger than the points' median spacing. `end_caps` (an `end_caps.EndCaps`):
         the pool also holds samples in the caps' cylinders (`end_cap_fraction` of it, added), with
-        f ≥ the cap's value asked for there."""
+        f ≥ the cap's value asked for there. `check` is called now and then (it may raise, on a cancel)."""
         if not 0.0 <= point_noise_mm < math.inf:
             raise InputError(f"the points' noise must be a number of mm, 0 or more, got {point_noise_mm}")
         pool_size = SMALL_POOL_SIZE if draws is not None and draws <= 2 * SMALL_POOL_SIZE else POOL_SIZE
@@ -178,7 +203,7 @@ class FarFieldPrior:
             if radii.shape != (len(points_mm),) or not np.all(np.isfinite(radii) & (radii > 0)):
                 raise InputError(f"the vessel radii must be {len(points_mm)} positive numbers of mm")
         else:
-            radii = inscribed_radii(points_mm, NOISE_TOLERANCE_SIGMAS * point_noise_mm)
+            radii = inscribed_radii(points_mm, NOISE_TOLERANCE_SIGMAS * point_noise_mm, check=check)
         estimated = max_radius_mm is None
         from_points = estimate_max_radius(points_mm, radii)
         if estimated:

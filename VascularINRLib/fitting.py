@@ -61,6 +61,9 @@ class FitConfig:
     uniform_samples: int = 512
     local_samples_per_point: int = 1
     points_per_step: Optional[int] = None  # fit_points: a random batch of the points each step; None: all
+    # More points than this (a dense mesh's vertices) are thinned at random before anything else: the
+    # set-up's memory and time stay bounded whatever the input (a surface needs no more)
+    max_points: int = 20_000
     # The first iterations of a fresh fit carve the initial sphere towards the vessel: they take this
     # fraction of each step's points, eikonal and far-field samples, and cost that much less.
     light_iterations: int = 0
@@ -96,6 +99,52 @@ class FitConfig:
     # threads and runs the others on the faster (cpu_threads.py); None leaves torch's setting
     threads: Union[int, str, None] = AUTO
     seed: int = 0
+
+    def __post_init__(self):
+        """Refuse values that would give an untrained or broken fit (InputError naming the field)."""
+        def bad(name, expected):
+            raise InputError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+
+        def whole(name, low, high=None):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or (
+                    high is not None and value > high):
+                bad(name, f"a whole number in {low}..{high}" if high is not None else f"a whole number, {low} or more")
+
+        def real(name, low=0.0, positive=True, optional=False):
+            value = getattr(self, name)
+            if optional and value is None:
+                return
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not (
+                    math.isfinite(value) and (value > low if positive else value >= low)):
+                bad(name, ("a positive" if positive else f"a finite number, {low:g} or more") +
+                    (" finite number" if positive else ""))
+
+        whole("max_iterations", 1)
+        whole("min_iterations", 0)
+        whole("seed", 0, 2 ** 32 - 1)
+        whole("check_every", 1)
+        whole("patience", 1)
+        whole("uniform_samples", 1)
+        whole("max_points", 10)
+        whole("depth", 1, 16)
+        whole("width", 4, 1024)
+        for name in ("learning_rate", "beta", "init_radius"):
+            real(name)
+        for name in ("eikonal_weight", "point_noise_mm", "far_field_weight"):
+            real(name, positive=False)
+        for name in ("time_limit_s", "max_radius_mm", "iterations_per_elongation_squared"):
+            real(name, optional=True)
+        if self.points_per_step is not None:
+            whole("points_per_step", 1)
+        if self.slices not in ("auto", "off"):
+            bad("slices", "'auto' or 'off'")
+        if self.lr_schedule not in ("linear", "cosine", "constant"):
+            bad("lr_schedule", "'linear', 'cosine' or 'constant'")
+        if not (self.threads is None or self.threads == AUTO or (
+                isinstance(self.threads, (int, np.integer)) and not isinstance(self.threads, bool) and
+                self.threads >= 1)):
+            bad("threads", "a positive count, 'auto' or None")
 
     def network_config(self, outputs: int = 1) -> dict:
         return dict(depth=self.depth, width=self.width, skip_layer=self.skip_layer,
@@ -146,6 +195,7 @@ class FitResult:
     device: str
     mean_abs_sdf_at_points_mm: float
     warm_started: bool = False
+    points_given: int = 0  # the points passed in (after merging duplicates); more than points_mm when thinned
     loss_history: List[tuple] = field(default_factory=list)
     prior: dict = field(default_factory=dict)
     threads: dict = field(default_factory=dict)  # ThreadChooser.report(): the threads the steps ran on
@@ -157,6 +207,7 @@ class FitResult:
     def report(self) -> dict:
         return {
             "points": int(len(self.points_mm)),
+            **({"points_given": int(self.points_given)} if self.points_given > len(self.points_mm) else {}),
             "iterations": int(self.iterations),
             "fit_seconds": round(self.fit_seconds, 3),
             "stopped_because": self.stopped_because,
@@ -227,11 +278,17 @@ def fit_points(
     config = config or preset("fast")
     if slices is not None and len(slices.plane_of_point) != len(points_mm):
         raise InputError(f"the slice planes are given for {len(slices.plane_of_point)} points, not {len(points_mm)}")
-    points_mm, kept = check_points_and_index(points_mm)
+    _check_cancelled(cancel_event)
+    given = int(np.shape(points_mm)[0]) if np.ndim(points_mm) == 2 else 0
+    # a dense mesh's vertices: a random share (config.max_points) bounds the memory and time of what follows
+    points_mm, kept = check_points_and_index(points_mm, limit=config.max_points, seed=config.seed)
+    _check_cancelled(cancel_event)
     loft = _loft(points_mm, kept, slices, config)
+    _check_cancelled(cancel_event)
     edges, image_report = None, {}
     if image is not None and loft is not None:
         loft, image_report, edges = guide_loft(loft, image, points_mm, config.point_noise_mm)
+        _check_cancelled(cancel_event)
     data_mm = points_mm if loft is None else loft.points_mm
     torch_device = resolve_device(device)
     normalization, network, warm = _initial_network(data_mm, config, warm_start, torch_device)
@@ -253,6 +310,7 @@ def fit_points(
                                         warm)
             data_mm = result.points_mm  # with the loft: what the second phase fitted (rings and the wall's points)
     result.warm_started = warm
+    result.points_given = given
     if loft is not None:
         result.fitted_points_mm = data_mm
         result.points_mm = points_mm
@@ -313,6 +371,11 @@ def _image_phase(result: FitResult, image: Volume, edges: Optional[EdgeModel], r
 
 
 
+def _check_cancelled(cancel_event: Optional[threading.Event]) -> None:
+    if cancel_event is not None and cancel_event.is_set():
+        raise FitCancelled("the fit was cancelled")
+
+
 def _loft(points_mm: np.ndarray, kept: np.ndarray, slices: Optional[SlicePlanes], config: FitConfig):
     """The rings of the contours through clicks on slices (loft.py), or None for scattered points."""
     if config.slices not in ("auto", "off"):
@@ -358,7 +421,9 @@ def _optimise(points_mm, config, normalization, network, device, progress, progr
                                         radii_mm=None if loft is None else loft.radii_mm,
                                         spacing_mm=None if loft is None else loft.spacing_mm,
                                         end_caps=caps,
-                                        end_cap_fraction=config.end_cap_samples / max(config.far_field_samples, 1))
+                                        end_cap_fraction=config.end_cap_samples / max(config.far_field_samples, 1),
+                                        check=lambda: _check_cancelled(cancel_event))
+        _check_cancelled(cancel_event)
         if config.iterations_per_elongation_squared is not None and not warm:
             if loft is not None:
                 config = replace(config, min_planned_iterations=max(config.min_planned_iterations,

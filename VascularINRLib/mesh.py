@@ -1,6 +1,7 @@
 """Triangle meshes as vtkPolyData: conversion, reading, writing, sampling, checks."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Callable, List
@@ -10,7 +11,8 @@ import vtk
 from vtk.util import numpy_support
 
 from .errors import InputError
-from .files import atomic_output
+from .files import atomic_output, disk_full
+from .mesh_guard import check_before_reading, check_cells, read_ply
 
 
 def polydata_from_arrays(vertices: np.ndarray, triangles: np.ndarray) -> vtk.vtkPolyData:
@@ -54,7 +56,7 @@ _READERS = {
     ".stl": vtk.vtkSTLReader,
     ".vtp": vtk.vtkXMLPolyDataReader,
     ".vtk": vtk.vtkPolyDataReader,
-    ".ply": vtk.vtkPLYReader,
+    ".ply": None,  # mesh_guard.read_ply
     ".obj": vtk.vtkOBJReader,
 }
 
@@ -146,6 +148,9 @@ def read_mesh(path, *, require_polygons: bool = True) -> vtk.vtkPolyData:
     if extension not in _READERS:
         raise InputError(f"{path}: unknown mesh extension '{extension}' (expected {', '.join(MESH_EXTENSIONS)})")
     _check_readable_file(path, "mesh")
+    if extension == ".ply":  # VTK's PLY reader crashes on malformed files: read with checks (mesh_guard)
+        return _finished(read_ply(path), path, extension, [], require_polygons)
+    check_before_reading(path, extension)
     reader = _READERS[extension]()
     reader.SetFileName(str(path))
     if extension == ".vtk":
@@ -158,6 +163,13 @@ def read_mesh(path, *, require_polygons: bool = True) -> vtk.vtkPolyData:
         raise InputError(f"{path}: cannot read mesh ({messages[0]})")
     polydata = vtk.vtkPolyData()
     polydata.ShallowCopy(reader.GetOutput())
+    return _finished(polydata, path, extension, messages, require_polygons)
+
+
+def _finished(polydata: vtk.vtkPolyData, path: Path, extension: str, messages: List[str],
+              require_polygons: bool) -> vtk.vtkPolyData:
+    """Refuse an empty mesh, one without polygons (unless not required) and cells naming absent points."""
+    check_cells(polydata, path)
     if polydata.GetNumberOfPoints() == 0:
         detail = f" ({messages[0]})" if messages else ""
         raise InputError(f"{path}: mesh is empty or not a valid {extension} file: no points{detail}")
@@ -176,13 +188,28 @@ def write_mesh(polydata: vtk.vtkPolyData, path) -> None:
         raise InputError(f"{path}: expected a vtkPolyData to write, got {type(polydata).__name__}")
     if polydata.GetNumberOfPoints() == 0 or polydata.GetNumberOfCells() == 0:
         raise InputError(f"{path}: refusing to write an empty mesh")
-    with atomic_output(path) as temporary:
+    written = _triangulated(polydata) if extension == ".stl" else polydata  # STL: triangles only
+    expected = written.GetNumberOfPolys() + written.GetNumberOfStrips()
+
+    def verify(temporary: str) -> bool:  # PLY and OBJ writers say nothing when the disk fills up
+        if extension == ".stl":  # binary: an 80-byte header, a count, then 50 bytes a triangle
+            return os.path.getsize(temporary) == 84 + 50 * expected
+        try:
+            back = read_mesh(temporary, require_polygons=False)
+        except InputError:
+            return False
+        return back.GetNumberOfPolys() + back.GetNumberOfStrips() == expected
+
+    with atomic_output(path, verify=verify) as temporary:
         writer = _WRITERS[extension]()
-        writer.SetInputData(_triangulated(polydata) if extension == ".stl" else polydata)  # STL: triangles only
+        writer.SetInputData(written)
         writer.SetFileName(str(temporary))
         succeeded, failed, messages = _run_vtk(writer, writer.Write)
         if failed or not succeeded:
-            raise InputError(f"{path}: cannot write mesh ({messages[0] if messages else 'the VTK writer failed'})")
+            detail = (messages[0] if messages else "the VTK writer failed").replace(str(temporary), path.name)
+            if "disk space" in detail or disk_full(temporary):
+                detail = "no space left on the device"
+            raise InputError(f"{path}: cannot write mesh ({detail})")
 
 
 def _triangulated(polydata: vtk.vtkPolyData) -> vtk.vtkPolyData:

@@ -21,13 +21,19 @@ class DuplicatePointsWarning(UserWarning):
     """Some input points coincided (within tolerance) and were merged."""
 
 
-def check_points(points, min_points: int = 10, source: Optional[str] = None) -> np.ndarray:
+class ThinnedPointsWarning(UserWarning):
+    """More points were given than a fit uses: a random share of them was kept."""
+
+
+def check_points(points, min_points: int = 10, source: Optional[str] = None, limit: Optional[int] = None,
+                 seed: int = 0) -> np.ndarray:
     """Return a cleaned float64 (N,3) copy of `points` (mm), or raise InputError (see
     `check_points_and_index`)."""
-    return check_points_and_index(points, min_points, source)[0]
+    return check_points_and_index(points, min_points, source, limit, seed)[0]
 
 
-def check_points_and_index(points, min_points: int = 10, source: Optional[str] = None):
+def check_points_and_index(points, min_points: int = 10, source: Optional[str] = None,
+                           limit: Optional[int] = None, seed: int = 0):
     """Return a cleaned float64 (N,3) copy of `points` (mm) and the index of each kept point in
     `points`, or raise InputError.
 
@@ -35,7 +41,8 @@ def check_points_and_index(points, min_points: int = 10, source: Optional[str] =
     of each group, with a DuplicatePointsWarning. Rejected: a shape other than (N,3), NaN/inf,
     fewer than `min_points` distinct points, all points identical, on a line or on a plane, and a
     bounding-box diagonal below 0.5 mm or above 5000 mm (wrong units). `source` (e.g. the file
-    name) prefixes the messages.
+    name) prefixes the messages. More than `limit` points are thinned first to `limit` drawn at
+    random (`seed`), with a ThinnedPointsWarning: the time and memory of what follows stay bounded.
     """
     prefix = f"{source}: " if source else ""
     try:
@@ -47,11 +54,19 @@ def check_points_and_index(points, min_points: int = 10, source: Optional[str] =
     bad_rows = np.flatnonzero(~np.isfinite(points).all(axis=1))
     if len(bad_rows):
         raise InputError(f"{prefix}{len(bad_rows)} point(s) have NaN or infinite coordinates "
-                         f"(first: row {bad_rows[0]})")
+                         f"(first: point {bad_rows[0] + 1})")
     if len(points) > 1 and np.all(points == points[0]):
         raise InputError(f"{prefix}all {len(points)} points are identical")
     diagonal = float(np.linalg.norm(points.max(axis=0) - points.min(axis=0))) if len(points) else 0.0
+    chosen = None
+    if limit is not None and len(points) > limit:  # a random share, before the costly duplicate search
+        chosen = np.sort(np.random.default_rng(seed).choice(len(points), limit, replace=False))
+        warnings.warn(f"{prefix}{len(points)} points: the fit uses {limit} of them, drawn at random (more add "
+                      f"nothing to a surface)", ThinnedPointsWarning, stacklevel=3)
+        points = points[chosen]
     points, kept = _merge_duplicates(points, DUPLICATE_TOLERANCE * diagonal, prefix)
+    if chosen is not None:
+        kept = chosen[kept]
     if len(points) < min_points:
         raise InputError(f"{prefix}only {len(points)} distinct point(s); at least {min_points} are needed")
     if diagonal < MIN_DIAGONAL_MM:

@@ -22,6 +22,7 @@ MARKUPS_SCHEMA = (
     "markups-schema-v1.0.3.json#"
 )
 TABLE_EXTENSIONS = (".csv", ".txt", ".xyz")
+MAX_TEXT_POINTS = 2_000_000  # a ceiling: parsing text costs about 1 KB a line at its peak
 MARKUPS_EXTENSIONS = (".mrk.json", ".json", ".fcsv")
 POINTS_EXTENSIONS = TABLE_EXTENSIONS + MARKUPS_EXTENSIONS + MESH_EXTENSIONS
 
@@ -58,6 +59,10 @@ def read_points(path) -> np.ndarray:
         polydata = read_mesh(path, require_polygons=False)
         return numpy_support.vtk_to_numpy(polydata.GetPoints().GetData()).astype(np.float64)
     text = _read_text(path)
+    lines = text.count("\n")
+    if lines > MAX_TEXT_POINTS:
+        raise InputError(f"{path}: {lines} lines, more than the {MAX_TEXT_POINTS} points VascularINR reads from a "
+                         f"text file (a fit uses at most 20,000: thin the points first)")
     if extension == ".fcsv":
         return _parse_fcsv(text, path)
     if extension in (".mrk.json", ".json"):
@@ -94,7 +99,9 @@ def _is_number(text: str) -> bool:
 def _numeric_columns(rows: Sequence[NumberedRow], columns: Sequence[int], path: Path) -> np.ndarray:
     """(len(rows), 3) float64 from the x, y, z columns; InputError names a bad field's line."""
     try:
-        return np.array([[float(fields[column]) for column in columns] for _, fields in rows], dtype=np.float64)
+        values = np.array([[float(fields[column]) for column in columns] for _, fields in rows], dtype=np.float64)
+        if np.isfinite(values).all():
+            return values
     except (IndexError, ValueError):
         pass  # find the offending field below
     for line_number, fields in rows:
@@ -102,6 +109,8 @@ def _numeric_columns(rows: Sequence[NumberedRow], columns: Sequence[int], path: 
             field = fields[column] if column < len(fields) else ""
             if not _is_number(field):
                 raise InputError(f"{path}: line {line_number}: {axis} value {field.strip()!r} is not a number")
+            if not np.isfinite(float(field)):
+                raise InputError(f"{path}: line {line_number}: {axis} value {field.strip()!r} is not finite")
     raise AssertionError("unreachable: some field failed to convert")
 
 
@@ -131,6 +140,7 @@ def _parse_table(text: str, path: Path) -> np.ndarray:
     delimiter = ";" if any(";" in line for line in content) else "," if any("," in line for line in content) else None
     text_header: List[str] = []
     comment_header: List[str] = []
+    text_lines: List[Tuple[int, str]] = []
     data_rows: List[NumberedRow] = []
     for number, line in lines:
         if line.startswith("#"):
@@ -141,14 +151,25 @@ def _parse_table(text: str, path: Path) -> np.ndarray:
         if data_rows or any(_is_number(field) for field in fields):
             data_rows.append((number, fields))
         else:
+            text_lines.append((number, line))
             text_header = fields
     if not data_rows:
         raise InputError(f"{path}: no numeric rows found")
-    columns = _header_xyz_columns(text_header or comment_header)
+    header = text_header or comment_header
+    columns = _header_xyz_columns(header)
+    if len(text_lines) > 1 and columns is None:  # lines without numbers that no header explains: not skipped
+        number, line = text_lines[1]
+        raise InputError(f"{path}: line {number}: {line[:40]!r} holds no numbers, and no header line names the "
+                         f"x, y, z columns")
     if columns is None:  # the first three columns holding numbers in the first data row
-        columns = [column for column, field in enumerate(data_rows[0][1]) if _is_number(field)][:3]
+        columns = [column for column, field in enumerate(data_rows[0][1]) if _is_number(field)]
         if len(columns) < 3:
             raise InputError(f"{path}: fewer than 3 numeric columns (found {len(columns)}); expected x, y, z")
+        if len(columns) > 3 and path.suffix.lower() != ".xyz":  # id,x,y,z or x,y,z,nx,...: which are x, y, z?
+            named = f" (the header {', '.join(header)!r} names no x, y, z)" if header else ""
+            raise InputError(f"{path}: {len(columns)} numeric columns and no header saying which are x, y, z"
+                             f"{named}; add a first line such as 'id,x,y,z'")
+        columns = columns[:3]
     return _numeric_columns(data_rows, columns, path)
 
 

@@ -96,10 +96,17 @@ def render_png(path, surfaces: Sequence[vtk.vtkPolyData], points_mm: Optional[np
     grab.SetInput(window)
     grab.ReadFrontBufferOff()
     grab.Update()
-    with atomic_output(path) as temporary:
+    with atomic_output(path, verify=_check_png) as temporary:
         writer = vtk.vtkPNGWriter()
         writer.SetFileName(temporary)
         writer.SetInputConnection(grab.GetOutputPort())
         writer.Write()
     window.Finalize()
     return str(path)
+
+
+def _check_png(path: str) -> bool:
+    """VTK's PNG writer says nothing when the disk fills up: a complete PNG ends with its IEND chunk."""
+    with open(path, "rb") as handle:
+        handle.seek(max(0, os.path.getsize(path) - 12))
+        return b"IEND" in handle.read()

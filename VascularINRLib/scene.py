@@ -139,12 +139,14 @@ def decode_network(text: str, source: str = "model attribute"):
     """The NeuralSDF saved by `encode_network`; untrusted, so read with weights_only=True."""
     import torch
 
-    from .checkpoint import neural_sdf_from_dict
+    from .checkpoint import MAX_FILE_BYTES, load_failure, neural_sdf_from_dict
+    if not isinstance(text, str) or len(text) > MAX_FILE_BYTES * 4 // 3 + 4:
+        raise InputError(f"{source} holds no network of a size VascularINR writes")
     try:
         buffer = io.BytesIO(base64.b64decode(text.encode("ascii"), validate=True))
         data = torch.load(buffer, map_location="cpu", weights_only=True)
     except Exception as error:  # binascii, pickle and torch raise many kinds
-        raise InputError(f"{source} holds no readable network: {str(error).splitlines()[0]}") from None
+        raise InputError(f"{source} holds no readable network ({load_failure(error)})") from None
     return neural_sdf_from_dict(data, source)
 
 

@@ -21,6 +21,9 @@ MIN_POINTS_ON_A_SLICE = 3
 MIN_SLICES = 2  # fewer slices than this: the points are not treated as clicks on slices
 MIN_FRACTION_ON_SLICES = 0.5  # ... nor when fewer than this fraction of the points lies on slices
 MIN_IN_PLANE_SPREAD_MM = 0.5  # a slice's points must span more than this in its plane
+# More points than this are not clicks: a dense cloud (a mesh's vertices, samples on a mesh with faces in
+# axis planes) shares planes by accident, and lofting thousands of such "slices" takes minutes
+MAX_CLICKED_POINTS = 5000
 
 
 @dataclass
@@ -54,9 +57,10 @@ class SlicePlanes:
         return SlicePlanes(self.plane_of_point[np.asarray(index)], self.origins, self.normals)
 
     def usable(self, points: np.ndarray) -> bool:
-        """Enough of the points lie on enough slices for a contour model."""
+        """Enough of the points lie on enough slices for a contour model, and they are few enough to be clicks."""
         on = self.plane_of_point >= 0
-        return self.count >= MIN_SLICES and on.sum() >= MIN_FRACTION_ON_SLICES * len(points)
+        return (self.count >= MIN_SLICES and on.sum() >= MIN_FRACTION_ON_SLICES * len(points)
+                and len(points) <= MAX_CLICKED_POINTS)
 
     def describe(self) -> dict:
         return {"slices": self.count, "points_on_slices": int(np.count_nonzero(self.plane_of_point >= 0))}

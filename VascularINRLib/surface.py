@@ -48,11 +48,15 @@ def grid_geometry(bounds: Sequence[float], resolution: Optional[int] = None,
         if resolution < 8 or resolution > 1024:
             raise InputError(f"resolution must lie in 8..1024, got {resolution}")
         voxel_mm = float(extent.max()) / (resolution - 1)
-    elif voxel_mm <= 0:
-        raise InputError(f"voxel size must be positive, got {voxel_mm} mm")
-    shape = np.maximum(np.ceil(extent / voxel_mm).astype(int) + 1, 2)
-    if np.prod(shape.astype(np.float64)) > 1024 ** 3:
-        raise InputError(f"a {voxel_mm:g} mm grid over this box needs {tuple(shape)} nodes; use a larger voxel")
+    elif not 0 < voxel_mm < np.inf:
+        raise InputError(f"voxel size must be a positive number of mm, got {voxel_mm}")
+    if not np.all(np.isfinite(extent)):
+        raise InputError("the box to mesh is not finite")
+    cells = np.ceil(extent / voxel_mm)
+    if np.prod(cells + 1) > 1024 ** 3:
+        raise InputError(f"a {voxel_mm:g} mm grid over this box needs {' x '.join(f'{n:.0f}' for n in cells + 1)} "
+                         f"nodes, more than 1024^3; use a larger voxel")
+    shape = np.maximum(cells.astype(int) + 1, 2)
     return bounds[:, 0].copy(), float(voxel_mm), tuple(int(n) for n in shape)
 
 
