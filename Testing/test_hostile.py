@@ -563,3 +563,16 @@ def test_cancel_is_checked_during_set_up(monkeypatch):
     with pytest.raises(FitCancelled):
         fit_points(points, preset("fast", max_iterations=5), cancel_event=cancel)
     timer.join()
+
+
+def test_dense_points_keep_their_radius_estimate():
+    """Among 20,000 points the 256 neighbours of a point no longer see across the vessel: the far-field
+    prior's largest radius rose from 23 mm to 72 mm (the AAA phantom's is 24.25 mm) and its arrays grew
+    with N. The tangent balls of a 5,000-point sample keep both in hand."""
+    from VascularINRLib.far_field import estimate_max_radius, sampled_inscribed_radii
+
+    for count in (2_000, 20_000):
+        points = sample_points_on_mesh(aaa_lumen().mesh(), count, seed=0)
+        radii, sampled = sampled_inscribed_radii(points, 1.0)
+        assert len(radii) == count and sampled == min(count, 5000)
+        assert 20.0 < estimate_max_radius(points, radii) < 28.0
