@@ -587,3 +587,32 @@ def test_cfd_export_from_planes_the_user_moved(scene, logic, events, tmp_path):
     assert logic.request_cfd_export(model, folder, extend_diameters=2.0)
     wait(logic, events)
     assert logic.models("cfd") == [cfd_model] and logic.status.state == "done"
+
+
+@pytest.mark.parametrize("overrides, named", [({"max_iterations": -5}, "max_iterations"),
+                                              ({"time_limit_s": float("nan")}, "time_limit_s"),
+                                              ({"width": 10 ** 6}, "width"), ({"not_a_setting": 1}, "not_a_setting")])
+def test_hostile_settings_are_an_error_status_not_an_untrained_model(scene, logic, events, lumen_points, overrides,
+                                                                     named):
+    """Issue 20: values that gave an untrained surface from the command line give an error status here."""
+    logic.settings = FitSettings("fast", 48, "cpu", overrides)
+    points = add_points(scene, lumen_points[:60])
+    before = node_count(scene)
+    logic.request_fit(points)
+    wait(logic, events)
+    assert logic.status.state == "error" and named in logic.status.message.lower(), logic.status.message
+    assert node_count(scene) == before and logic.models() == []
+
+
+def test_hostile_blend_and_export_values_are_refused(scene, logic, events, lumen_points, tmp_path):
+    """Values a front end could pass on unchecked: refused with a status, the scene and folder unchanged."""
+    points = add_points(scene, lumen_points[:60])
+    logic.request_fit(points)
+    wait(logic, events)
+    fitted = logic.model_for_points(points)
+    before = node_count(scene)
+    for k in (float("nan"), float("inf"), "2"):  # the k check comes before the one on models given twice
+        assert logic.request_blend([fitted, fitted], k) is False and "smoothing k" in logic.status.message
+    (tmp_path / "taken.stl").mkdir()
+    assert logic.export_model(fitted, tmp_path / "taken.stl") is None and "folder" in logic.status.message
+    assert node_count(scene) == before and sorted(p.name for p in tmp_path.iterdir()) == ["taken.stl"]
