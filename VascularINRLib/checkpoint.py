@@ -14,7 +14,7 @@ from .end_caps import EndCaps
 from .errors import InputError
 from .far_field import FarFieldBound
 from .files import atomic_output
-from .network import SDFNetwork
+from .network import MAX_DEPTH, MAX_OUTPUTS, MAX_WIDTH, SDFNetwork
 from .neural_sdf import NeuralSDF
 from .normalization import Normalization
 
@@ -43,11 +43,8 @@ def save_checkpoint(sdf: NeuralSDF, path, report: Optional[dict] = None) -> Path
     return Path(path)
 
 
-# Hard limits, checked before anything is allocated: the paper's network is 6 x 256 with one output.
+# Hard limits, checked before anything is allocated (and network.MAX_DEPTH, MAX_WIDTH, MAX_OUTPUTS)
 MAX_FILE_BYTES = 256 * 2 ** 20
-MAX_DEPTH = 16
-MAX_WIDTH = 1024
-MAX_OUTPUTS = 8
 MAX_BOUND_POINTS = 2_000_000  # the far-field bound's points (net units), one row each
 
 

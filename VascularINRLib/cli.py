@@ -142,15 +142,11 @@ def command_fit(args) -> int:
 
 def _check_grid(points, args) -> None:
     """Refuse a --voxel too fine for the points' box before the fit, not after it."""
-    import numpy as np
-
+    from .neural_sdf import box_with_margin
     from .surface import grid_geometry
 
     if getattr(args, "voxel", None) is not None:
-        low, high = points.min(axis=0), points.max(axis=0)
-        margin = 0.1 * float(np.max(high - low))
-        bounds = np.ravel(np.column_stack([low - margin, high + margin]))
-        grid_geometry(bounds, voxel_mm=args.voxel)
+        grid_geometry(box_with_margin(points.min(axis=0), points.max(axis=0)), voxel_mm=args.voxel)
 
 
 def command_sample(args) -> int:

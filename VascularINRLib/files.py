@@ -211,10 +211,10 @@ def atomic_output(path, verify: Optional[Callable[[str], bool]] = None):
             raise
         except OSError as error:
             raise InputError(f"cannot write {path}: {error.strerror or error}") from None
-        except Exception as error:  # a library's own error type for a failed write (torch, matplotlib)
+        except Exception:  # a library's own error type for a failed write (torch, matplotlib)
             if disk_full(path.parent):
                 raise InputError(f"cannot write {path}: no space left on the device") from None
-            raise error
+            raise
     except BaseException:
         _remove(temporary)
         raise

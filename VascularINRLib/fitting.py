@@ -23,7 +23,7 @@ from .far_field import FarFieldPrior
 from .image_edges import (SCATTERED_RADIUS_MM, SURFACE_GRID_MM, SURFACE_GRID_REFIT_MM, EdgeModel, field_normals,
                           guide_loft, surface_points)
 from .loft import build_loft
-from .network import SDFNetwork
+from .network import MAX_DEPTH, MAX_WIDTH, SDFNetwork
 from .neural_sdf import NeuralSDF
 from .normalization import Normalization
 from .points_check import check_points_and_index
@@ -127,8 +127,8 @@ class FitConfig:
         whole("patience", 1)
         whole("uniform_samples", 1)
         whole("max_points", 10)
-        whole("depth", 1, 16)
-        whole("width", 4, 1024)
+        whole("depth", 1, MAX_DEPTH)
+        whole("width", 4, MAX_WIDTH)
         for name in ("learning_rate", "beta", "init_radius"):
             real(name)
         for name in ("eikonal_weight", "point_noise_mm", "far_field_weight"):
@@ -378,8 +378,6 @@ def _check_cancelled(cancel_event: Optional[threading.Event]) -> None:
 
 def _loft(points_mm: np.ndarray, kept: np.ndarray, slices: Optional[SlicePlanes], config: FitConfig):
     """The rings of the contours through clicks on slices (loft.py), or None for scattered points."""
-    if config.slices not in ("auto", "off"):
-        raise InputError(f"slices must be 'auto' or 'off', got {config.slices!r}")
     if config.slices == "off":
         return None
     planes = detect_slices(points_mm) if slices is None else slices.subset(kept)

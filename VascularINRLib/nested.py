@@ -71,9 +71,10 @@ ORDER_TOLERANCE_MM = 1.0  # a point farther than this (plus the fit's residual) 
 WRONG_ORDER_FRACTION = 0.5
 BOX_MARGIN_MM = 5.0
 MIN_POINTS_TO_JUDGE = 10
-# Before the fit, from the points alone: right walls put 0-50% of an outer wall's points on the inner side of
-# an inner wall (50% for 20 sparse points), swapped ones 63-97% (AAA phantom, 30-1000 points, σ 0-0.5 mm;
-# 52-59% for 1000 noisy points, which the fitted walls then catch in joint and separate modes)
+# Before the fit, from the points alone: right walls put at most 42% of an outer wall's points on the inner
+# side of an inner wall, swapped ones 63-97% (nested AAA phantom, 30-200 points, σ 0-0.5 mm); 52-59% for
+# 1,000 noisy points, which the fitted walls then catch in joint and separate modes
+# (python bench/reliability.py --parts order)
 WRONG_SIDE_FRACTION = 0.6
 MIN_POINTS_FOR_SIDES = 30
 ORDER_NEIGHBOURS = 12  # the order check's inner side of a point is voted on by at most this many around it
@@ -224,12 +225,13 @@ def check_order_of_boxes(walls: Mapping[str, np.ndarray]) -> None:
                     f"(expected {', '.join(n.upper() for n in names)}, innermost first)")
 
 
-def check_order_of_points(walls: Mapping[str, np.ndarray]) -> dict:
+def check_order_of_points(walls: Mapping[str, np.ndarray], refuse_above: float = WRONG_SIDE_FRACTION) -> dict:
     """InputError when most points of an outer wall lie on the inner side of the inner wall's points.
     The inner side of each inner-wall point is the side of its PCA plane with the smaller empty tangent
     ball (the inside of a convex cross-section, far_field.tangent_balls); an outer-wall point is judged
     by its nearest inner-wall point, where both walls have points. Needs no fit: it catches walls given
-    in the wrong order that a guaranteed fit would lay onto each other. Returns the fractions."""
+    in the wrong order that a guaranteed fit would lay onto each other. Returns the fractions; refuses
+    above `refuse_above` (1.0: never, to measure)."""
     names, found = list(walls), {}
     for i, inner in enumerate(names):
         if len(walls[inner]) < MIN_POINTS_FOR_SIDES:
@@ -251,7 +253,7 @@ def check_order_of_points(walls: Mapping[str, np.ndarray]) -> dict:
             side = np.einsum("ij,ij->i", judged - walls[inner][nearest], inward[nearest])
             fraction = float(np.mean(side > 0))
             found[f"{outer}_points_on_the_inner_side_of_{inner}"] = round(fraction, 4)
-            if fraction > WRONG_SIDE_FRACTION:
+            if fraction > refuse_above:
                 raise InputError(
                     f"{100 * fraction:.0f}% of the {outer.replace('_', ' ')} points lie inside the "
                     f"{inner.replace('_', ' ')} points: the walls seem to be given in the wrong order (expected "

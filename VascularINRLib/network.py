@@ -11,6 +11,12 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+# The largest network VascularINR builds or loads (the paper's is 6 x 256 with one output): a checkpoint
+# claiming more is refused before anything is allocated
+MAX_DEPTH = 16
+MAX_WIDTH = 1024
+MAX_OUTPUTS = 8
+
 
 class SDFNetwork(nn.Module):
     """MLP R^3 -> R^outputs with `depth` hidden layers of `width` units.

@@ -12,6 +12,17 @@ from .normalization import Normalization
 EVALUATION_CHUNK = 1 << 16
 
 
+def box_with_margin(low, high, margin_mm: Optional[float] = None) -> np.ndarray:
+    """(xmin, xmax, ymin, ymax, zmin, zmax) of the box low..high grown by `margin_mm` (default 10% of
+    its largest side): the box a fit is meshed over."""
+    low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    if margin_mm is None:
+        margin_mm = 0.1 * float(np.max(high - low))
+    out = np.empty(6)
+    out[0::2], out[1::2] = low - margin_mm, high + margin_mm
+    return out
+
+
 class NeuralSDF:
     """Signed distance in world millimetres (negative inside), one column per output surface."""
 
@@ -65,9 +76,4 @@ class NeuralSDF:
 
     def bounds_with_margin(self, margin_mm: Optional[float] = None) -> np.ndarray:
         """The fitted points' bounding box grown by `margin_mm` (default 10% of the largest side)."""
-        low, high = self.points_bounds_mm[0::2], self.points_bounds_mm[1::2]
-        if margin_mm is None:
-            margin_mm = 0.1 * float(np.max(high - low))
-        out = np.empty(6)
-        out[0::2], out[1::2] = low - margin_mm, high + margin_mm
-        return out
+        return box_with_margin(self.points_bounds_mm[0::2], self.points_bounds_mm[1::2], margin_mm)
