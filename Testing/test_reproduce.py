@@ -156,7 +156,7 @@ def planned(monkeypatch, tmp_path):
     """cli.main for `reproduce` with the run replaced: returns (exit code, plan handed to the run)."""
     calls = []
 
-    def fake_run(output, data=None, plan="quick", command=None):
+    def fake_run(output, data=None, plan="quick", command=None, scheduler=None, workers=None):
         calls.append(plan)
         return {"seconds": 0.0}
 
@@ -191,7 +191,8 @@ def test_quick_with_another_plan_is_refused_before_work(planned, tmp_path, capsy
 def test_standard_plan_cuts_only_seeds_and_the_paper_preset():
     full, standard = reproduce.PLANS["full"], reproduce.PLANS["standard"]
     differs = {k for k, v in vars(standard).items() if vars(full)[k] != v}
-    assert differs == {"name", "seeds", "paper_iterations", "paper_counts", "paper_seeds", "cuts", "click_seeds"}
+    assert differs == {"name", "seeds", "paper_iterations", "paper_counts", "paper_seeds", "cuts", "click_seeds",
+                       "tree_seeds"}
     assert standard.shapes is None and standard.fast_iterations is None and standard.blend_cases is None
     assert standard.nested_real and standard.nested_iterations is None and standard.blend_iterations is None
     assert standard.runs_of("fast") == (full.counts, 3)

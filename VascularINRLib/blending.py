@@ -336,12 +336,18 @@ def _clean_components(polydata, vessels, spacing):
 
 # --- checks of a blend -------------------------------------------------------------------------------
 
-def line_crossings(polydata: vtk.vtkPolyData, start, end) -> int:
-    """How often the segment start→end crosses the surface (vtkOBBTree): a segment from inside a
-    vessel out through a junction crosses once; an internal wall adds two crossings."""
+def crossing_locator(polydata: vtk.vtkPolyData) -> vtk.vtkOBBTree:
+    """A locator for `line_crossings`, to build once for many lines through one surface."""
     tree = vtk.vtkOBBTree()
     tree.SetDataSet(polydata)
     tree.BuildLocator()
+    return tree
+
+
+def line_crossings(polydata: vtk.vtkPolyData, start, end, locator: Optional[vtk.vtkOBBTree] = None) -> int:
+    """How often the segment start→end crosses the surface (vtkOBBTree): a segment from inside a
+    vessel out through a junction crosses once; an internal wall adds two crossings."""
+    tree = crossing_locator(polydata) if locator is None else locator
     points = vtk.vtkPoints()
     tree.IntersectWithLine(list(map(float, start)), list(map(float, end)), points, None)
     hits = numpy_support.vtk_to_numpy(points.GetData()) if points.GetNumberOfPoints() else np.zeros((0, 3))

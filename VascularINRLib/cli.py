@@ -427,10 +427,40 @@ def command_reproduce(args) -> int:
         print(f"{PROG}: data folder {data} is absent: only the phantoms are used "
               f"(set --data or $VASCULAR_INR_DATA)", file=sys.stderr)
         data = None
-    results = run(folder, data, plan=plan, command=command_line())
+    if args.workers is not None and args.scheduler:
+        raise InputError("--workers starts a local cluster; it cannot go with --scheduler")
+    results = run(folder, data, plan=plan, command=command_line(), scheduler=args.scheduler, workers=args.workers)
     print(f"{folder}: results.json, results.md and {len(list(folder.glob('*.png')))} PNGs "
           f"in {results['seconds']:.0f} s")
     return 0
+
+
+def command_batch(args) -> int:
+    """Every case of a manifest, on a Dask cluster (a local one by default): a folder per case, a summary."""
+    from .batch import run
+
+    defaults = {"preset": args.preset, "max_iterations": args.max_iterations, "time_limit": args.time_limit,
+                "max_radius": args.max_radius, "point_noise": args.point_noise, "slices": args.slices,
+                "far_field": False if args.no_far_field else None,
+                "resolution": None if args.voxel else args.resolution, "voxel": args.voxel, "threads": args.threads}
+    if args.workers is not None and args.scheduler:
+        raise InputError("--workers starts a local cluster; it cannot go with --scheduler")
+    try:
+        result = run(args.manifest, args.output, scheduler=args.scheduler, workers=args.workers,
+                     defaults={k: v for k, v in defaults.items() if v is not None and v != "fast"},
+                     pictures=not args.no_pictures, progress=not args.quiet)
+    except KeyboardInterrupt as error:
+        error.said = (f"the cases finished are kept in {args.output} (summary.csv); the same command runs only "
+                      f"the others")
+        raise
+    ok, failed = result.count("ok"), result.count("failed")
+    resumed = sum(1 for row in result.rows if row.get("resumed"))
+    print(f"{args.output}: {ok} of {len(result.rows)} done ({resumed} from an earlier run), {failed} failed, "
+          f"in {result.seconds:.0f} s; summary in {result.summary['csv']}")
+    for row in result.rows:
+        if row["status"] == "failed":
+            print(f"  {row['id']}: {row['error']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def command_serve(args) -> int:
@@ -491,6 +521,7 @@ positive_seconds = _typed(float, lambda v: 0 < v < math.inf, "a positive number 
 resolution_nodes = _typed(int, lambda v: 8 <= v <= 1024, "a number of grid nodes in 8..1024")
 port_number = _typed(int, lambda v: 0 <= v <= 65535, "a port in 0..65535")
 sample_count = _typed(int, lambda v: 1 <= v <= MAX_SAMPLED_POINTS, f"a number of points in 1..{MAX_SAMPLED_POINTS}")
+worker_count = _typed(int, lambda v: 0 <= v <= 1024, "a number of workers in 0..1024")
 diameters = _typed(float, lambda v: 0 <= v < math.inf, "0 or more diameters")
 
 
@@ -658,6 +689,23 @@ def build_parser() -> argparse.ArgumentParser:
     cfd.add_argument("--quiet", action="store_true", help="no progress lines")
     cfd.set_defaults(handler=command_cfd, transaction=True)
 
+    batch = sub.add_parser("batch", help="fit the cases of a manifest (many vessels, many patients) on a Dask "
+                           "cluster", description="Fit every case of a manifest (CSV or JSON: id, points or mesh, "
+                           "fit options, groups to blend or nest) into a folder per case, with summary.csv and "
+                           "summary.json. Cases already done with the same inputs and options are not run again.")
+    batch.add_argument("manifest", help="the cases: .csv (a header line, one case a line) or .json")
+    batch.add_argument("-o", "--output", required=True, metavar="DIR",
+                       help="folder for cases/<id>/, groups/<name>/ and the summary")
+    batch.add_argument("--scheduler", metavar="ADDRESS|FILE",
+                       help="an existing Dask scheduler (tcp://host:8786) or its scheduler file; default: a local "
+                            "cluster on 127.0.0.1")
+    batch.add_argument("--workers", type=worker_count,
+                       metavar="N", help="local cluster size (default: one single-threaded worker per core; 0: "
+                                         "every task in this process, without Dask)")
+    batch.add_argument("--no-pictures", action="store_true", help="no surface.png per case")
+    _add_fit_options(batch)
+    batch.set_defaults(handler=command_batch)
+
     reproduce = sub.add_parser("reproduce", help="the paper's experiments (robustness, nested walls, blending) "
                                "and clicks on slices, as figures and tables",
                                description="Regenerate the paper's three experiments, and a fourth on simulated "
@@ -672,6 +720,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 "N = 100 and 400 at 400 iterations); full, 20 seeds and the paper preset at 2,000 "
                                 "iterations (tens of hours on a CPU: for a GPU). The cuts are printed")
     reproduce.add_argument("--quick", action="store_true", help="the same as --plan quick")
+    reproduce.add_argument("--scheduler", metavar="ADDRESS|FILE",
+                           help="run the batched parts (the robustness fits, the 19-vessel tree) on this Dask "
+                                "scheduler; default: a local cluster")
+    reproduce.add_argument("--workers", type=worker_count, metavar="N",
+                           help="local cluster size for the batched parts (default: one worker per core)")
     reproduce.set_defaults(handler=command_reproduce)
     return parser
 
@@ -736,7 +789,7 @@ def main(argv=None) -> int:
         if printed.getvalue() and written:
             sys.stdout.write(printed.getvalue())
         names = ", ".join(map(str, written[:3])) + (f" and {len(written) - 3} more" if len(written) > 3 else "")
-        what = "nothing was written" if not written else f"after writing {names}"
+        what = getattr(error, "said", None) or ("nothing was written" if not written else f"after writing {names}")
         print(f"{PROG}: interrupted ({SIGNAL_NAMES.get(signum, signum)}); {what}", file=sys.stderr)
         return 128 + int(signum)
     except ImportError as error:

@@ -158,6 +158,30 @@ def occupancy(shape, origin, spacing, surface_or_sdf: Shape) -> np.ndarray:
     return _occupancy(_prepared(surface_or_sdf, "surface"), tuple(int(n) for n in shape), origin, spacing)
 
 
+def union_occupancy(meshes, voxel_mm: float, also=()):
+    """(inside, shape, origin, spacing): the union of closed meshes on one isotropic grid over their
+    bounds and those of the meshes in `also` (2 voxels of margin)."""
+    boxes = np.array([m.GetBounds() for m in list(meshes) + list(also)])
+    bounds = np.empty(6)
+    bounds[0::2], bounds[1::2] = boxes[:, 0::2].min(axis=0), boxes[:, 1::2].max(axis=0)
+    shape, origin, spacing = grid_over_bounds(bounds, voxel_mm, margin_voxels=2, max_voxels=None)
+    inside = np.zeros(shape, dtype=bool)
+    for mesh in meshes:
+        inside |= occupancy(shape, origin, spacing, mesh)
+    return inside, shape, origin, spacing
+
+
+def dice_against_union(result: vtk.vtkPolyData, references, voxel_mm: float) -> Dict[str, float]:
+    """Dice of a closed surface against the union of closed references (a tree's vessels), on one grid;
+    with the union's volume (mm³)."""
+    union, shape, origin, spacing = union_occupancy(references, voxel_mm, also=[result])
+    inside = occupancy(shape, origin, spacing, result)
+    total = np.count_nonzero(union) + np.count_nonzero(inside)
+    value = 2.0 * np.count_nonzero(union & inside) / total if total else float("nan")
+    return {"dice": float(value), "union_of_references_mm3": float(np.count_nonzero(union) * np.prod(spacing)),
+            "voxel_mm": float(voxel_mm)}
+
+
 def _bounds_of(item) -> Optional[np.ndarray]:
     if isinstance(item, vtk.vtkPolyData):
         return np.asarray(item.GetBounds())

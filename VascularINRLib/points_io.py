@@ -58,7 +58,7 @@ def read_points(path) -> np.ndarray:
     if extension in MESH_EXTENSIONS:
         polydata = read_mesh(path, require_polygons=False)
         return numpy_support.vtk_to_numpy(polydata.GetPoints().GetData()).astype(np.float64)
-    text = _read_text(path)
+    text = read_text_file(path)
     lines = text.count("\n")
     if lines > MAX_TEXT_POINTS:
         raise InputError(f"{path}: {lines} lines, more than the {MAX_TEXT_POINTS} points VascularINR reads from a "
@@ -70,13 +70,24 @@ def read_points(path) -> np.ndarray:
     return _parse_table(text, path)
 
 
-def _read_text(path: Path) -> str:
+def read_text_file(path: Path, kind: str = "points", max_bytes: Optional[int] = None) -> str:
+    """A text file's content (UTF-8, else Latin-1); InputError naming the file when it is missing, not a
+    file, larger than `max_bytes` (checked before reading), binary or empty."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise InputError(f"{path}: {kind} file not found") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot read {kind} file ({error.strerror})") from None
+    if not path.is_file():
+        why = "Is a directory" if path.is_dir() else "not a regular file"
+        raise InputError(f"{path}: cannot read {kind} file ({why})")
+    if max_bytes is not None and size > max_bytes:
+        raise InputError(f"{path}: {size} bytes, more than the {max_bytes >> 20} MB a {kind} file may be")
     try:
         content = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: points file not found") from None
     except OSError as error:
-        raise InputError(f"{path}: cannot read points file ({error.strerror})") from None
+        raise InputError(f"{path}: cannot read {kind} file ({error.strerror})") from None
     if b"\x00" in content:
         raise InputError(f"{path}: not a text file (contains NUL bytes)")
     try:
@@ -84,7 +95,7 @@ def _read_text(path: Path) -> str:
     except UnicodeDecodeError:
         text = content.decode("latin-1")  # e.g. a spreadsheet export with accented header names
     if not text.strip():
-        raise InputError(f"{path}: file is empty")
+        raise InputError(f"{path}: line 1: file is empty")
     return text
 
 
