@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from VascularINRLib import abdominal_tree, batch
-from VascularINRLib.mesh import read_mesh
 
 PARENTS = {"celiac_trunk": "aorta", "splenic": "celiac_trunk", "splenic_branch1": "splenic",
            "superior_mesenteric": "aorta", "left_renal": "aorta", "right_renal": "aorta",
@@ -46,17 +45,39 @@ def test_a_lone_branch_has_a_closed_ostium(tree):
         assert abdominal_tree._inside_fraction(line, [v.reference for v in tree.values()]) == 1.0
 
 
-def test_whole_tree_from_clicks_in_one_batch(tree, tmp_path):
-    """400 clicks a vessel (4 a mm on short ones), 19 fits on 2 workers, blended: one watertight
-    component, Dice >= 0.93 against the union of the lofts, every ostium open."""
-    manifest = abdominal_tree.write_batch(tree, tmp_path, seed=0, options={"resolution": 64})
-    result = batch.run(manifest, tmp_path / "out", workers=2, pictures=False, progress=False, log=lambda m: None)
-    rows = {row["id"]: row for row in result.rows}
-    assert all(row["status"] == "ok" for row in rows.values()), [(r["id"], r["error"]) for r in rows.values()]
-    assert rows["tree"]["kind"] == "blend" and len(rows) == 20
-    check = abdominal_tree.check_tree(read_mesh(tmp_path / "out" / "groups" / "tree" / "surface.stl"), tree)
+def test_whole_tree_from_clicks_in_one_batch(shared_data, tree, tmp_path):
+    """reproduce's tree part: 400 clicks a vessel (4 a mm on short ones), 19 fits on 2 workers, blended:
+    one watertight component, Dice >= 0.93 against the union of the lofts, every ostium open."""
+    from dataclasses import replace
+
+    from VascularINRLib import reproduce
+
+    plan = replace(reproduce.PLANS["quick"], tree_resolution=64)
+    log = []
+    part = reproduce.run_tree(shared_data, plan, tmp_path, log, workers=2)
+    (row,) = part["runs"]
+    assert row["failed"] == [], log
+    assert sum(row["clicks"].values()) >= 5000 and min(row["clicks"].values()) >= 40
+    check = row["check"]
     assert check["components"] == 1 and check["watertight"]
     assert check["dice"] >= 0.93, check["dice"]
     assert check["ostia_open"] == check["branches"] == 18, {n: o for n, o in check["ostia"].items()
                                                             if o["crossings"]}
     assert all(o["line_inside_references"] >= 0.95 for o in check["ostia"].values())
+    assert (tmp_path / row["figure"]).stat().st_size > 10_000
+    rows = {r["id"]: r for r in batch.run(tmp_path / "tree" / "seed0" / "manifest.csv",
+                                          tmp_path / "tree" / "seed0" / "batch", workers=0, pictures=False,
+                                          progress=False, log=lambda m: None).rows}
+    assert len(rows) == 20 and all(r["resumed"] for r in rows.values())  # all done: nothing runs again
+    table = reproduce.markdown({**_minimal_results(), "tree": part})
+    assert f"| 0 | {sum(row['clicks'].values())} | 1 | True | {check['dice']:.3f} | 18 of 18 | none |" in table
+
+
+def _minimal_results() -> dict:
+    """The other parts of a results dict, empty, for markdown()."""
+    plan = {"name": "quick", "cuts": []}
+    machine = {"platform": "p", "cpu_count": 2, "processor": "x", "python": "3", "torch": "t", "cuda": False}
+    return {"command": "c", "plan": plan, "machine": machine, "seconds": 1.0, "skipped": [],
+            "robustness": {"presets": {}, "seeds": 1, "medians": [], "runs": [], "figures": []},
+            "nested": {"points_per_wall": 1, "iteration_cap": None, "check_voxel_mm": 1.0, "runs": []},
+            "blending": {"runs": []}}

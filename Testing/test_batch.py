@@ -136,6 +136,45 @@ def test_interrupted_batch_resumes(inputs, tmp_path):
     assert f"({len(done)} from an earlier run)" in again.stdout
 
 
+def test_ctrl_c_in_a_terminal_stops_quietly(inputs, tmp_path):
+    """Ctrl-C reaches the whole process group (the batch and its workers): exit 130, one line, no worker
+    tracebacks, no temporary file, the finished cases kept."""
+    output = tmp_path / "out"
+    process = subprocess.Popen(_command(inputs / "manifest.csv", output), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while process.poll() is None and time.monotonic() < deadline and len(_done_cases(output)) < 1:
+        time.sleep(0.05)
+    assert process.poll() is None, "the batch ended before it could be interrupted"
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted (SIGINT); the cases finished are kept" in stderr
+    assert not _no_temporaries(output)
+    assert any(row["status"] == "ok" for row in _summary(output).values())
+
+
+def test_existing_cluster_by_address_and_by_scheduler_file(inputs, tmp_path):
+    """--scheduler: the batch runs on a cluster it did not start and leaves it running; a worker that
+    offers a GPU resource takes the paper-preset case."""
+    from distributed import Client, LocalCluster
+
+    (tmp_path / "m.csv").write_text(f"id,points,preset,max_iterations,min_iterations,resolution\n"
+                                    f"fast,{inputs / 'points1.csv'},fast,60,,40\n"
+                                    f"paper,{inputs / 'points2.csv'},paper,10,10,40\n")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+                      resources={"GPU": 1}) as cluster, Client(cluster) as client:
+        pid = list(client.run(os.getpid).values())[0]
+        (tmp_path / "scheduler.json").write_text(json.dumps({"address": cluster.scheduler_address}))
+        for name, scheduler in (("address", cluster.scheduler_address), ("file", str(tmp_path / "scheduler.json"))):
+            result = batch.run(tmp_path / "m.csv", tmp_path / name, scheduler=scheduler, pictures=False,
+                               progress=False, log=lambda message: None)
+            assert [row["status"] for row in result.rows] == ["ok", "ok"], result.rows
+            assert all(row["worker"].endswith(f":{pid}") for row in result.rows)
+            assert result.rows[1]["iterations"] == 10
+        assert len(client.scheduler_info()["workers"]) == 1  # still there
+
+
 def test_in_process_blend_nested_and_changed_input(inputs, tmp_path):
     """workers=0 runs without Dask; a nested group is one task; a changed input file is fitted again."""
     from VascularINRLib import phantoms

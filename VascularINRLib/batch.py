@@ -45,7 +45,7 @@ COLUMNS = ["id", "kind", "group", "status", "resumed", "error", "seconds", "fit_
 class BatchResult:
     rows: List[dict]
     seconds: float
-    workers: int
+    workers: Optional[int]  # None: an existing cluster's (it may grow and shrink)
     scheduler: str
     dashboard: Optional[str]
     summary: Dict[str, Path] = field(default_factory=dict)
@@ -98,6 +98,16 @@ class _Later:
         return self.value
 
 
+def _ignore_interrupts() -> None:
+    """In a local worker: Ctrl-C reaches every process of the terminal's group; the batch itself stops
+    the workers, which would otherwise print a KeyboardInterrupt traceback each."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _start(scheduler: Optional[str], workers: Optional[int], log):
     """(client, cluster or None, description)."""
     from distributed import Client, LocalCluster
@@ -113,6 +123,15 @@ def _start(scheduler: Optional[str], workers: Optional[int], log):
     cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True, host="127.0.0.1",
                            dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
     client = Client(cluster)
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class QuietInterrupts(WorkerPlugin):
+        name = "vascular-inr-quiet-interrupts"
+
+        def setup(self, worker):
+            _ignore_interrupts()
+
+    client.register_plugin(QuietInterrupts())  # also for workers that replace dead ones
     return client, cluster, f"a local cluster of {count} process worker(s), one thread each"
 
 
@@ -194,9 +213,9 @@ def run(manifest, output, *, scheduler: Optional[str] = None, workers: Optional[
     return result
 
 
-def _worker_count(workers, scheduler) -> int:
+def _worker_count(workers, scheduler) -> Optional[int]:
     if scheduler:
-        return -1
+        return None
     return default_workers() if workers is None else workers
 
 
