@@ -3,7 +3,10 @@
 slicer-core has no application, Qt or ScriptedLoadableModule: test-only stand-ins replace exactly the
 ScriptedLoadableModule base classes, parameterNodeWrapper and qt; everything else is real.
 """
+import ast
 import importlib.util
+import os
+import subprocess
 import json
 import re
 import sys
@@ -86,7 +89,7 @@ def module():
 def test_the_module_describes_itself(module):
     parent = types.SimpleNamespace()
     module.VascularINR(parent)
-    assert parent.title == "VascularINR" and parent.categories == ["Vascular Modeling"]
+    assert parent.title == "VascularINR" and parent.categories == ["Vascular Modeling Toolkit"]
     assert "point" in parent.helpText and "IGR" in parent.acknowledgementText
 
 
@@ -173,7 +176,9 @@ def test_requirements_use_compatible_ranges_and_are_installed_here(module):
     requirements = module.VascularINRLogic.requirements(REQUIREMENTS_FILE)
     names = {re.split(r"[~=<>!]", r)[0] for r in requirements}
     assert {"torch", "scikit-image"} <= names
-    assert all("~=" in r for r in requirements), requirements
+    # torch from 2.3 (NumPy 2) with no upper bound: PyTorchUtils picks the build for the GPU driver
+    assert all("~=" in r for r in requirements if not r.startswith("torch")), requirements
+    assert "torch>=2.3" in requirements
     assert module.VascularINRLogic.missingRequirements(REQUIREMENTS_FILE) == []
 
 
@@ -186,10 +191,40 @@ def test_missing_or_too_old_packages_are_reported_without_importing_them(module,
     assert "no_such_package_vascularinr" not in set(sys.modules) - before
 
 
-def test_cmake_lists_every_python_file_and_resource():
+def _library_modules_imported_by(path, seen=None):
+    """The VascularINRLib modules a file imports, at its top or inside functions, and theirs in turn."""
+    import ast
+
+    library = ROOT / "VascularINRLib"
+    seen = set() if seen is None else seen
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level == 1:
+                names = [module.split(".")[0]] if module else [alias.name for alias in node.names]
+            elif module.startswith("VascularINRLib."):
+                names = [module.split(".")[1]]
+        for name in names:
+            if name not in seen and (library / f"{name}.py").is_file():
+                seen.add(name)
+                _library_modules_imported_by(library / f"{name}.py", seen)
+    return seen
+
+
+def test_cmake_lists_what_slicer_imports_and_every_resource():
+    """The extension ships the library modules the Slicer module can import (and those behind the
+    package's lazy exports), not the command line, the browser app, batch or reproduce."""
+    import VascularINRLib
+
     text = (MODULE_DIR / "CMakeLists.txt").read_text()
     listed = set(re.search(r"set\(MODULE_LIB_FILES(.*?)\)", text, re.S).group(1).split())
-    assert listed == {p.name for p in (ROOT / "VascularINRLib").glob("*.py")}
+    needed = _library_modules_imported_by(MODULE_DIR / "VascularINR.py")
+    for module in {m for m in VascularINRLib._EXPORTS.values() if m} | {"phantoms"}:
+        needed.add(module)
+        _library_modules_imported_by(ROOT / "VascularINRLib" / f"{module}.py", needed)
+    assert listed == {f"{name}.py" for name in needed} | {"__init__.py"}
+    assert not listed & {"cli.py", "web_app.py", "reproduce.py", "batch.py", "manifest.py"}
     assert "${MODULE_NAME}.py" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
     assert sorted(p.name for p in MODULE_DIR.glob("*.py")) == ["VascularINR.py"]
     resources = re.search(r"set\(MODULE_PYTHON_RESOURCES(.*?)\)", text, re.S).group(1).split()
@@ -207,3 +242,50 @@ def test_the_extensions_index_entry_matches_the_extension():
     assert entry["category"] == category
     homepage = re.search(r'set\(EXTENSION_HOMEPAGE "([^"]+)"\)', (ROOT / "CMakeLists.txt").read_text()).group(1)
     assert entry["scm_url"] == homepage + ".git"
+
+
+def test_the_device_label_does_not_import_torch(module):
+    """Opening the panel must not import torch on the GUI thread: the label comes from package metadata
+    and names what is missing."""
+    assert module.deviceText(["torch>=2.3"]) == "PyTorch is not installed"
+    assert module.deviceText(["scikit-image~=0.20", "pynrrd~=1.0"]) == "Not ready: scikit-image, pynrrd missing"
+    assert module.deviceText([]).startswith("PyTorch 2.") and "first fit" in module.deviceText([])
+    source = MODULE_FILE.read_text()
+    assert "describe_device" not in source and "import torch" not in source
+
+
+def test_reloading_the_module_reads_edited_library_files_only(tmp_path):
+    """sys.path gains no duplicate entry; the library's modules are forgotten only when a file changed."""
+    code = """
+import sys, time, VascularINRLib, VascularINRLib.errors
+assert VascularINRLib.forget_if_edited() is False and "VascularINRLib.errors" in sys.modules
+VascularINRLib.IMPORTED_AT = time.time() - 10 ** 9  # as if every file had been edited since
+assert VascularINRLib.forget_if_edited() is True
+assert not [n for n in sys.modules if n.startswith("VascularINRLib")]
+import VascularINRLib as again
+assert again is not VascularINRLib and again.forget_if_edited() is False
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    source = MODULE_FILE.read_text()
+    assert "if str(MODULE_DIR.parent) not in sys.path" in source and "forget_if_edited()" in source
+
+
+def test_auto_refit_is_not_given_a_list_the_user_did_not_choose():
+    """No point list of the scene is picked for the user, and leaving the module stops auto-refit."""
+    tree = ast.parse(MODULE_FILE.read_text())
+    widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "VascularINRWidget")
+    methods = {n.name: ast.unparse(n) for n in widget.body if isinstance(n, ast.FunctionDef)}
+    assert "GetFirstNodeByClass" not in methods["initializeParameterNode"]
+    assert "set_auto_refit(self._watchedPoints, False)" in methods["exit"]
+    assert "demoButton.enabled = ready" in methods["_onParameterNodeModified"]
+
+
+def test_the_self_test_skips_with_its_reason_when_packages_are_missing(module, monkeypatch):
+    import unittest
+
+    monkeypatch.setattr(module.VascularINRLogic, "missingRequirements", staticmethod(lambda: ["torch>=2.3"]))
+    result = unittest.TextTestRunner(stream=open(os.devnull, "w")).run(
+        unittest.TestLoader().loadTestsFromTestCase(module.VascularINRTest))
+    assert result.wasSuccessful() and result.skipped
+    assert "torch>=2.3" in result.skipped[0][1]

@@ -37,7 +37,12 @@ except ImportError:  # slicer-core without the application
 
 MODULE_DIR = Path(__file__).resolve().parent
 if not (MODULE_DIR / "VascularINRLib").is_dir() and (MODULE_DIR.parent / "VascularINRLib").is_dir():
-    sys.path.append(str(MODULE_DIR.parent))  # a source checkout: the library sits beside the module
+    if str(MODULE_DIR.parent) not in sys.path:  # a source checkout: the library sits beside the module
+        sys.path.append(str(MODULE_DIR.parent))
+if hasattr(sys.modules.get("VascularINRLib"), "forget_if_edited"):
+    # slicer.util.reloadScriptedModule re-runs this file only: a library file edited since it was
+    # imported is read again (its modules are forgotten), the others stay as they are
+    sys.modules["VascularINRLib"].forget_if_edited()
 
 from VascularINRLib.scene import (  # noqa: E402
     CFD_UNITS,
@@ -47,7 +52,6 @@ from VascularINRLib.scene import (  # noqa: E402
     FitSettings,
     SceneLogic,
     Status,
-    describe_device,
 )
 from VascularINRLib.worker import MainThreadQueue  # noqa: E402
 
@@ -65,16 +69,17 @@ class VascularINR(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("VascularINR")
-        self.parent.categories = [_("Vascular Modeling")]
+        self.parent.categories = [_("Vascular Modeling Toolkit")]
         self.parent.dependencies = []
-        self.parent.contributors = ["VascularINR developers"]
+        self.parent.contributors = ["VascularINR developers (VascularINR project)"]
         self.parent.helpText = _(
             "Click points on a vessel wall; a neural signed distance function is fitted to them in the "
             "background and shown as a smooth, watertight surface that follows every added, moved or "
             "deleted point. Nested walls (lumen, inner and outer wall), blending of several vessels, "
             "export to STL or VTP in LPS or RAS, and export for CFD (each end cut square by a plane you can "
             "move, flat caps, even triangles, labelled faces for SimVascular, VMTK and OpenFOAM) are in the "
-            "panels below.")
+            "panels below. Documentation: "
+            "<a href=\"https://github.com/VascularINR/VascularINR#readme\">github.com/VascularINR/VascularINR</a>.")
         self.parent.acknowledgementText = _(
             "Implements and extends Alblas, Brune, Yeung and Wolterink, <i>Going off-grid: continuous "
             "implicit neural representations for 3D vascular modeling</i> (STACOM 2022), built on IGR "
@@ -167,6 +172,9 @@ class VascularINRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateDependencies()
 
     def exit(self) -> None:
+        if self._watchedPoints is not None and self.logic is not None:  # auto-refit stays in this module
+            self.logic.sceneLogic.set_auto_refit(self._watchedPoints, False)
+            self._watchedPoints = None
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -191,11 +199,9 @@ class VascularINRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # --- parameter node -----------------------------------------------------------------------
 
     def initializeParameterNode(self) -> None:
+        # No point list is picked for the user: auto-refit follows only a list chosen in this module
+        # (the selector, or "Load phantom CT"), never landmarks placed for another purpose.
         self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.points:
-            node = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLMarkupsFiducialNode")
-            if node:
-                self._parameterNode.points = node
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
@@ -215,6 +221,7 @@ class VascularINRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.placeWidget.setCurrentNode(parameters.points)
         self._updateWatch()
         ready = not self._missing
+        self.ui.demoButton.enabled = ready
         self.ui.fitButton.enabled = ready and parameters.points is not None
         self.ui.nestedFitButton.enabled = ready
         self.ui.blendButton.enabled = ready
@@ -246,15 +253,10 @@ class VascularINRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _updateDependencies(self) -> None:
         self._missing = VascularINRLogic.missingRequirements()
         self.ui.dependenciesFrame.setVisible(bool(self._missing))
+        self.ui.deviceLabel.text = deviceText(self._missing)
         if self._missing:
             self.ui.dependenciesLabel.text = _("VascularINR needs Python packages that are not installed: "
                                                "{packages}.").format(packages=", ".join(self._missing))
-            self.ui.deviceLabel.text = _("PyTorch is not installed")
-        else:
-            try:
-                self.ui.deviceLabel.text = describe_device("auto")
-            except Exception as error:  # a broken torch install
-                self.ui.deviceLabel.text = str(error)
         if self._parameterNode:
             self._onParameterNodeModified()
 
@@ -376,6 +378,9 @@ class VascularINRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 parameters.model = self.logic.sceneLogic.model_for_points(parameters.points)
             if parameters.exportModel is None:
                 parameters.exportModel = parameters.model
+            device = self.logic.sceneLogic.report_of(parameters.model).get("fit", {}).get("device")
+            if device:
+                self.ui.deviceLabel.text = _("Fits run on {device}").format(device=device)
 
 
 #
@@ -457,8 +462,10 @@ class VascularINRLogic(ScriptedLoadableModuleLogic):
             except RuntimeError as error:  # the user declined
                 logging.info("VascularINR: %s", error)
             return
-        message = _("VascularINR needs these Python packages:\n\n{packages}\n\nInstall them now? PyTorch "
-                    "alone is a download of up to a few GB.").format(packages="\n".join(remaining))
+        message = _("VascularINR needs these Python packages:\n\n{packages}\n\nInstall them now?").format(
+            packages="\n".join(remaining))
+        if any(_requirement_name(r) == "torch" for r in remaining):
+            message += " " + _("PyTorch alone is a download of up to a few GB.")
         if slicer.util.confirmOkCancelDisplay(message, _("VascularINR - install Python packages")):
             slicer.util.pip_install(remaining)
 
@@ -478,6 +485,20 @@ class VascularINRLogic(ScriptedLoadableModuleLogic):
         except ImportError:
             return None
         return PyTorchUtils.PyTorchUtilsLogic()
+
+
+def deviceText(missing: List[str]) -> str:
+    """The device label before any fit, without importing torch on the GUI thread (seconds)."""
+    names = [_requirement_name(r) for r in missing]
+    if "torch" in names:
+        return _("PyTorch is not installed")
+    if names:
+        return _("Not ready: {packages} missing").format(packages=", ".join(names))
+    try:
+        version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return _("PyTorch is not installed")
+    return _("PyTorch {version}; the first fit says whether it runs on a GPU").format(version=version)
 
 
 def _requirement_name(requirement: str) -> str:
@@ -508,9 +529,8 @@ class VascularINRTest(ScriptedLoadableModuleTest):
 
     def test_FitOnPhantomCT(self) -> None:
         missing = VascularINRLogic.missingRequirements()
-        if missing:
-            logging.warning("VascularINR self-test skipped: missing %s", ", ".join(missing))
-            return
+        if missing:  # reported as skipped (ctest's output, Reload and Test's message), not as passed
+            self.skipTest("VascularINR's Python packages are not installed: " + ", ".join(missing))
         import numpy as np
 
         from VascularINRLib import mesh, phantoms

@@ -8,8 +8,10 @@
 Modules are imported on first use so that `import VascularINRLib` stays cheap.
 """
 import importlib
+import time
 
 __version__ = "0.1.0"
+IMPORTED_AT = time.time()  # the Slicer module re-imports the library when a file changed since (reload)
 
 _EXPORTS = {
     "fit_points": "fitting", "preset": "fitting", "FitConfig": "fitting", "PRESETS": "fitting",
@@ -25,6 +27,24 @@ _EXPORTS = {
     "fit_nested": "nested", "blend": "blending",
     "InputError": "errors", "FitCancelled": "errors", "VascularINRError": "errors",
 }
+
+
+def forget_if_edited() -> bool:
+    """Remove this package's modules from `sys.modules` when a file of one of them changed after it was
+    imported, so that the next import reads the edit (Slicer's module reload re-runs only the module's
+    own file). True when they were removed."""
+    import sys
+    from pathlib import Path
+
+    loaded = {name: module for name, module in sys.modules.items()
+              if name == __name__ or name.startswith(__name__ + ".")}
+    for module in loaded.values():
+        path = getattr(module, "__file__", None)
+        if path and Path(path).is_file() and Path(path).stat().st_mtime > IMPORTED_AT:
+            for name in loaded:
+                del sys.modules[name]
+            return True
+    return False
 
 
 def __getattr__(name):

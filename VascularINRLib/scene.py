@@ -310,7 +310,8 @@ class SceneLogic:
     def _set_status(self, state: str, message: str, progress: Optional[float] = None,
                     key: Optional[str] = None) -> None:
         self.status = Status(state, message, progress, key)
-        log.info("%s: %s", state, message)
+        # the panel shows every status; the application's log gets errors, not each refit while dragging
+        log.log(logging.WARNING if state == "error" else logging.DEBUG, "%s: %s", state, message)
         for listener in list(self._listeners):
             listener(self.status)
 
