@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -84,6 +84,21 @@ class Volume:
         matrix = self.ijk_to_ras.copy()
         matrix[:3, 3] = self.ijk_to_ras[:3, :3] @ start[::-1].astype(np.float64) + self.ijk_to_ras[:3, 3]
         return Volume(array, matrix)
+
+
+def display_window(values: np.ndarray, low_percent: float = 1.0, high_percent: float = 99.5,
+                   sample: int = 1_000_000, seed: int = 0) -> Tuple[float, float]:
+    """(window, level) that shows a volume's intensities from their `low_percent` to `high_percent`
+    percentile (a random sample of at most `sample` voxels): the vessel and what surrounds it, whatever
+    the modality's units (HU, MR)."""
+    values = np.asarray(values).reshape(-1)
+    if values.size > sample:
+        values = values[np.random.default_rng(seed).integers(0, values.size, sample)]
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 1.0, 0.0
+    low, high = np.percentile(values.astype(np.float64), [low_percent, high_percent])
+    return float(max(high - low, 1e-6)), float(0.5 * (low + high))
 
 
 def click_error_mm(spacing) -> Optional[float]:

@@ -29,6 +29,9 @@ ROLE_TITLES = {"vessel": "Vessel", "lumen": "Lumen", "inner_wall": "Inner wall",
 INFO_PERIOD_S = 0.5
 
 
+MAIN_VIEW_AXES = {"Axial": 2, "Coronal": 1, "Sagittal": 0}  # the large view's orientation: its RAS axis
+
+
 def safe_file_name(name, suffixes: Sequence[str], default_stem: str = "model") -> str:
     """A bare file name from what a client typed: no folders, only [A-Za-z0-9._-], no leading dot,
     ending in one of `suffixes` (the first is appended when it ends in none)."""
@@ -83,7 +86,8 @@ class VascularWebApp:
             "role": "vessel", "roles": [{"title": ROLE_TITLES[r], "value": r} for r in ROLES],
             "place_mode": True, "nested_mode": "guaranteed", "blend_k": "2", "export_name": "vessel.stl",
             "export_format": "STL", "export_cs": "LPS", "scene_name": "scene.mrb", "active_list": "",
-            "axial_offset": 0.0, "vinr_info": "{}", "export_dir": str(self.export_dir), "use_image": True,
+            "axial_offset": 0.0, "main_view": "Axial", "vinr_info": "{}", "export_dir": str(self.export_dir),
+            "use_image": True,
             "cfd_ends": [], "cfd_inlet": 0, "cfd_edge": "", "cfd_extend": "0", "cfd_units": "mm",
         })
         self._cfd_model = None
@@ -92,6 +96,7 @@ class VascularWebApp:
         self.volume = self._load_volume(list(data))
         self.new_point_list("vessel")
         self.state.change("axial_offset")(self._on_axial_offset)
+        self.state.change("main_view")(self._on_main_view)
         self.state.change("place_mode")(self._on_place_mode)
         self.state.change("use_image")(self._on_use_image)
         self.state.change("cfd_inlet")(self._on_cfd_inlet)
@@ -147,7 +152,40 @@ class VascularWebApp:
         if red is not None:
             red.set_visible_in_3d(True)
         self.slicer_app.display_manager.reset_views()
+        self._frame_volume(volume, window_from_histogram=bool(data))
         return volume
+
+    def _frame_volume(self, volume, window_from_histogram: bool) -> None:
+        """Every slice view through the volume's centre (a volume need not contain RAS 0: the vmtk MRA's
+        vessel lies at S 12-35 mm), the 3D camera on the volume, and a window from its histogram."""
+        from vtk.util import numpy_support
+
+        from .volume import display_window
+        bounds = [0.0] * 6
+        volume.GetRASBounds(bounds)
+        centre = [0.5 * (bounds[2 * axis] + bounds[2 * axis + 1]) for axis in range(3)]
+        self._volume_centre = centre
+        for tag, axis in (("Red", 2), ("Yellow", 0), ("Green", 1)):
+            view = self.slicer_app.view_manager.get_view(tag)
+            if view is not None:
+                view.set_slice_value(centre[axis])
+        with self.state:
+            self.state.axial_offset = round(centre[2], 1)
+        display = volume.GetDisplayNode()
+        image = volume.GetImageData()
+        if window_from_histogram and display is not None and image is not None and image.GetPointData().GetScalars():
+            window, level = display_window(numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()))
+            display.AutoWindowLevelOff()
+            display.SetWindowLevel(window, level)
+        for view in self.slicer_app.view_manager.get_threed_views():  # from the front and 30° above:
+            view.reset_camera()  # the axial slice shows as a plane, not edge-on
+            node = view.get_camera_node()
+            camera = node.GetCamera() if node is not None else None
+            if camera is not None:
+                camera.Elevation(30.0)
+                camera.OrthogonalizeViewUp()
+                view.reset_camera()
+            view.schedule_render()
 
     # --- point lists -------------------------------------------------------------------------
 
@@ -357,6 +395,23 @@ class VascularWebApp:
             self._on_status(Status("done", f"Scene saved to {path}"))
         self._guard("Save scene", save)
 
+    def _on_main_view(self, main_view="Axial", **_) -> None:
+        """The large view's orientation: click across the vessel (a vessel that runs within the axial
+        slices, as the aorta of a coronal MRA does, is cut lengthwise by them)."""
+        if main_view not in MAIN_VIEW_AXES:
+            return
+        red = self.slicer_app.view_manager.get_view("Red")
+        if red is None:
+            return
+        red.set_orientation(main_view)
+        centre = getattr(self, "_volume_centre", None)
+        if centre is not None:
+            value = round(centre[MAIN_VIEW_AXES[main_view]], 1)
+            red.set_slice_value(value)
+            with self.state:
+                self.state.axial_offset = value
+        red.schedule_render()
+
     def _on_axial_offset(self, axial_offset=0.0, **_) -> None:
         try:
             value = float(axial_offset)
@@ -400,12 +455,27 @@ class VascularWebApp:
             views[tag] = {"xy_to_ras": [matrix.GetElement(i, j) for i in range(4) for j in range(4)],
                           "size": list(view.render_window().GetSize()),
                           "offset": view.get_slice_value()}
+        view = next(iter(self.slicer_app.view_manager.get_threed_views()), None)
+        if view is not None:
+            node = view.get_camera_node()
+            if node is not None and node.GetCamera() is not None:
+                views["3D"] = {"direction_of_projection": [round(c, 4) for c in
+                                                           node.GetCamera().GetDirectionOfProjection()]}
+        volume = self.scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        volume_info = None
+        if volume is not None:
+            bounds = [0.0] * 6
+            volume.GetRASBounds(bounds)
+            display = volume.GetDisplayNode()
+            volume_info = {"name": volume.GetName(), "ras_bounds": [round(b, 2) for b in bounds],
+                           "window_level": None if display is None else [round(display.GetWindow(), 1),
+                                                                          round(display.GetLevel(), 1)]}
         return {"point_count": self.state.point_count, "active_list": self.state.active_list,
                 "lists": [{"name": n.GetName(), "role": r, "points": int(n.GetNumberOfControlPoints())}
                           for n, r in self._lists if self.scene.IsNodePresent(n)],
                 "models": models, "status": {"state": self.state.status_state, "message": self.state.status_text},
                 "busy": bool(self.logic.busy), "fits_started": self.logic.fits_started, "views": views,
-                "export_dir": str(self.export_dir), "cfd_ends": self.state.cfd_ends}
+                "export_dir": str(self.export_dir), "cfd_ends": self.state.cfd_ends, "volume": volume_info}
 
     def _refresh_info(self) -> None:
         text = json.dumps(self.info(), sort_keys=True)
@@ -451,7 +521,9 @@ class VascularWebApp:
                           density="compact", hide_details=True, id="vinr-place-mode")
                 v.VSwitch(v_model=("use_image",), label="Use the image between the clicks",
                           density="compact", hide_details=True, id="vinr-use-image")
-                v.VTextField(v_model=("axial_offset",), label="Axial slice (mm)", type="number", step="1",
+                v.VSelect(v_model=("main_view",), items=("['Axial', 'Coronal', 'Sagittal']",), label="Large view",
+                          density="compact", hide_details=True, id="vinr-main-view", classes="mt-2")
+                v.VTextField(v_model=("axial_offset",), label="Its slice (mm: S, A or R)", type="number", step="1",
                              density="compact", hide_details=True, id="vinr-axial-offset", classes="my-2")
                 with html.Div(classes="d-flex flex-wrap ga-1"):
                     v.VBtn("Fit now", click=self.on_fit, size="small", id="vinr-fit")
