@@ -88,6 +88,65 @@ def _non_blank(png_bytes: bytes) -> bool:
     return float(pixels.std()) > 0.02
 
 
+class _Page:
+    """The page's published info (#vinr-info JSON), waiting on it, its large slice view, and clicks at
+    RAS points there."""
+
+    def __init__(self, page):
+        self.page = page
+
+    def info(self) -> dict:
+        return json.loads(self.page.locator("#vinr-info").text_content() or "{}")
+
+    def wait_for(self, predicate, what, timeout_s=60.0) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            current = self.info()
+            if predicate(current):
+                return current
+            assert time.monotonic() < deadline, f"timed out waiting for {what}; page info: {current}"
+            self.page.wait_for_timeout(100)
+
+    def large_view(self):
+        """The large slice view's image, once it streams a picture."""
+        self.page.wait_for_selector("img.image-display-area", timeout=60000)
+        self.wait_for(lambda i: i.get("views", {}).get("Red", {}).get("size", [0])[0] > 100, "the large view")
+        image = max(self.page.locator("img.image-display-area").all(),
+                    key=lambda item: item.bounding_box()["width"] * item.bounding_box()["height"])
+        deadline = time.monotonic() + 60
+        while not _non_blank(image.screenshot()):
+            assert time.monotonic() < deadline, "the large view never streamed an image"
+            self.page.wait_for_timeout(250)
+        return image
+
+    def move_large_view(self, value: float) -> dict:
+        field = self.page.locator("#vinr-axial-offset")
+        field.fill(f"{value:g}")
+        field.press("Tab")
+        self.wait_for(lambda i: abs(i["views"]["Red"]["offset"] - value) < 0.8, f"the large view at {value}")
+        self.page.wait_for_timeout(300)  # the matrix below is the one after the move
+        return self.info()["views"]["Red"]
+
+    def click_at(self, image, view: dict, point) -> int:
+        """Click the RAS point in the large view (`view`: its info); returns the new point count."""
+        ras_to_xy = np.linalg.inv(np.array(view["xy_to_ras"]).reshape(4, 4))
+        width, height = view["size"]
+        x, y = (ras_to_xy @ np.append(point, 1.0))[:2]
+        assert 0 < x < width and 0 < y < height, f"{point} is outside the large view"
+        box = image.bounding_box()
+        page_x = box["x"] + x * box["width"] / width
+        page_y = box["y"] + (height - y) * box["height"] / height
+        count = self.info()["point_count"]
+        for attempt in range(3):  # a click can be lost while the view re-renders
+            self.page.mouse.move(page_x, page_y)
+            self.page.mouse.click(page_x, page_y)
+            try:
+                return self.wait_for(lambda i: i["point_count"] > count, f"point {count + 1}",
+                                     timeout_s=5)["point_count"]
+            except AssertionError:
+                assert attempt < 2, f"point {count + 1} was never placed"
+
+
 @pytest.fixture
 def server(tmp_path):
     yield from _serve(tmp_path)
@@ -130,30 +189,14 @@ def test_browser_workflow(server, tmp_path):
             page = browser.new_page(viewport={"width": 1400, "height": 900}, device_scale_factor=1)
             page.goto(server["url"])
 
-            def info() -> dict:
-                return json.loads(page.locator("#vinr-info").text_content() or "{}")
-
-            def wait_for(predicate, what, timeout_s=60.0):
-                deadline = time.monotonic() + timeout_s
-                while True:
-                    current = info()
-                    if predicate(current):
-                        return current
-                    assert time.monotonic() < deadline, f"timed out waiting for {what}; page info: {current}"
-                    page.wait_for_timeout(100)
+            helper = _Page(page)
+            wait_for = helper.wait_for
 
             def status_text() -> str:
                 return page.locator("#vinr-status").inner_text()
 
             # the four views stream: the axial one (largest image) shows the CT
-            page.wait_for_selector("img.image-display-area", timeout=60000)
-            wait_for(lambda i: i.get("views", {}).get("Red", {}).get("size", [0])[0] > 100, "the axial view")
-            axial = max(page.locator("img.image-display-area").all(),
-                        key=lambda image: image.bounding_box()["width"] * image.bounding_box()["height"])
-            deadline = time.monotonic() + 60
-            while not _non_blank(axial.screenshot()):
-                assert time.monotonic() < deadline, "the axial view never streamed an image"
-                page.wait_for_timeout(250)
+            axial = helper.large_view()
 
             # bad actions give a clear message, not a stack trace
             page.click("#vinr-fit")
@@ -166,30 +209,9 @@ def test_browser_workflow(server, tmp_path):
             # click 16 points on the lumen wall, 4 on each of 4 axial slices
             count = 0
             for z in LEVELS_MM:
-                field = page.locator("#vinr-axial-offset")
-                field.fill(f"{z:g}")
-                field.press("Tab")
-                current = wait_for(lambda i: abs(i["views"]["Red"]["offset"] - z) < 0.51, f"axial slice {z}")
-                page.wait_for_timeout(300)  # the matrix below is the one after the move
-                current = info()
-                view = current["views"]["Red"]
-                ras_to_xy = np.linalg.inv(np.array(view["xy_to_ras"]).reshape(4, 4))
-                width, height = view["size"]
-                box = axial.bounding_box()
+                view = helper.move_large_view(z)
                 for point in _wall_points(phantom, z):
-                    x, y = (ras_to_xy @ np.append(point, 1.0))[:2]
-                    assert 0 < x < width and 0 < y < height, f"{point} is outside the axial view"
-                    page_x = box["x"] + x * box["width"] / width
-                    page_y = box["y"] + (height - y) * box["height"] / height
-                    for attempt in range(3):  # a click can be lost while the view re-renders
-                        page.mouse.move(page_x, page_y)
-                        page.mouse.click(page_x, page_y)
-                        try:
-                            wait_for(lambda i: i["point_count"] > count, f"point {count + 1}", timeout_s=5)
-                            break
-                        except AssertionError:
-                            assert attempt < 2, f"point {count + 1} was never placed"
-                    count = info()["point_count"]
+                    count = helper.click_at(axial, view, point)
             assert count == len(LEVELS_MM) * len(ANGLES), f"placed {count} points"
 
             # the background fit ends with a model fitted to all the points
@@ -279,21 +301,9 @@ def test_browser_on_a_real_volume(shared_data, tmp_path):
                 page = browser.new_page(viewport={"width": 1400, "height": 900}, device_scale_factor=1)
                 page.goto(server["url"])
 
-                def info() -> dict:
-                    return json.loads(page.locator("#vinr-info").text_content() or "{}")
-
-                def wait_for(predicate, what, timeout_s=60.0):
-                    deadline = time.monotonic() + timeout_s
-                    while True:
-                        current = info()
-                        if predicate(current):
-                            return current
-                        assert time.monotonic() < deadline, f"timed out waiting for {what}; page info: {current}"
-                        page.wait_for_timeout(100)
-
-                page.wait_for_selector("img.image-display-area", timeout=60000)
-                start = wait_for(lambda i: i.get("views", {}).get("Red", {}).get("size", [0])[0] > 100
-                                 and i.get("volume"), "the axial view")
+                helper = _Page(page)
+                axial = helper.large_view()
+                start = helper.wait_for(lambda i: i.get("volume") and "3D" in i["views"], "the volume's info")
                 bounds = np.array(start["volume"]["ras_bounds"]).reshape(3, 2)
                 centre = bounds.mean(axis=1)
                 for tag, axis in (("Red", 2), ("Yellow", 0), ("Green", 1)):
@@ -301,49 +311,23 @@ def test_browser_on_a_real_volume(shared_data, tmp_path):
                 window, level = start["volume"]["window_level"]
                 assert 300 < level < 2000 and 300 < window < 2600, (window, level)  # MR: 0..2570, lumen ~1780
                 assert abs(start["views"]["3D"]["direction_of_projection"][2]) > 0.3  # not edge-on
-                axial = max(page.locator("img.image-display-area").all(),
-                            key=lambda image: image.bounding_box()["width"] * image.bounding_box()["height"])
-                deadline = time.monotonic() + 60
-                while not _non_blank(axial.screenshot()):
-                    assert time.monotonic() < deadline, "the axial view never streamed an image"
-                    page.wait_for_timeout(250)
 
                 page.locator("#vinr-main-view").click(force=True)  # the large view across the vessel: coronal
                 page.locator(".v-overlay .v-list-item", has_text="Coronal").click()
-                wait_for(lambda i: abs(i["views"]["Red"]["offset"] - centre[1]) <= 1.0, "the coronal view")
+                helper.wait_for(lambda i: abs(i["views"]["Red"]["offset"] - centre[1]) <= 1.0, "the coronal view")
                 count, clicked = 0, []
-                for z in VMTK_LEVELS_MM:
-                    field = page.locator("#vinr-axial-offset")
-                    field.fill(f"{z:g}")
-                    field.press("Tab")
-                    wait_for(lambda i: abs(i["views"]["Red"]["offset"] - z) < 0.8, f"axial slice {z}")
-                    page.wait_for_timeout(300)
-                    view = info()["views"]["Red"]
-                    offset = view["offset"]
-                    loops = annotator._contours(reference, np.array([0.0, offset, 0.0]), np.array([0.0, 1.0, 0.0]))
-                    loops = [loop for loop in loops if annotator._length(loop) > 10.0]
-                    assert loops, f"no outline of the segmentation at A = {offset}"
-                    ras_to_xy = np.linalg.inv(np.array(view["xy_to_ras"]).reshape(4, 4))
-                    width, height = view["size"]
-                    box = axial.bounding_box()
+                for level in VMTK_LEVELS_MM:
+                    view = helper.move_large_view(level)
+                    origin = np.array([0.0, view["offset"], 0.0])
+                    loops = [loop for loop in annotator._contours(reference, origin, np.array([0.0, 1.0, 0.0]))
+                             if annotator._length(loop) > 10.0]
+                    assert loops, f"no outline of the segmentation at A = {view['offset']}"
                     for loop in loops:
                         for point in annotator._equally_spaced(loop, 5, 0.1):
-                            x, y = (ras_to_xy @ np.append(point, 1.0))[:2]
-                            assert 0 < x < width and 0 < y < height, f"{point} is outside the axial view"
-                            page_x = box["x"] + x * box["width"] / width
-                            page_y = box["y"] + (height - y) * box["height"] / height
-                            for attempt in range(3):
-                                page.mouse.move(page_x, page_y)
-                                page.mouse.click(page_x, page_y)
-                                try:
-                                    wait_for(lambda i: i["point_count"] > count, f"point {count + 1}", timeout_s=5)
-                                    break
-                                except AssertionError:
-                                    assert attempt < 2, f"point {count + 1} was never placed"
-                            count = info()["point_count"]
+                            count = helper.click_at(axial, view, point)
                             clicked.append(point)
-                done = wait_for(lambda i: not i["busy"] and i["models"] and i["models"][0]["fit"] == count
-                                and i["status"]["state"] == "done", "the fit of all points", timeout_s=240)
+                done = helper.wait_for(lambda i: not i["busy"] and i["models"] and i["models"][0]["fit"] == count
+                                       and i["status"]["state"] == "done", "the fit of all points", timeout_s=240)
                 assert done["models"][0]["image"]["used"], done["models"][0]["image"]
                 page.locator("#vinr-export-name").fill("vmtk.stl")
                 page.locator("#vinr-export-name").press("Tab")
