@@ -2,7 +2,7 @@
 signed distance function (IGR), refitted in the background as the points change.
 
 This file only binds Qt controls to `VascularINRLib.scene.SceneLogic`, which does all MRML work (and
-is shared with the browser app); fits run on a worker thread (`VascularINRLib.worker`).
+is shared with the browser app); fits run in a separate process (`VascularINRLib.process_worker`).
 No `from __future__ import annotations` here: parameterNodeWrapper reads the annotations when the
 class is made, and every annotation in this file is valid at run time on Python 3.9.
 """
@@ -53,12 +53,15 @@ from VascularINRLib.scene import (  # noqa: E402
     SceneLogic,
     Status,
 )
+from VascularINRLib.process_worker import ProcessFitWorker  # noqa: E402
 from VascularINRLib.worker import MainThreadQueue  # noqa: E402
 
 REQUIREMENTS_FILE = MODULE_DIR / "Resources" / "requirements.txt"
 PRESETS = ("fast", "paper")  # the names in VascularINRLib.fitting.PRESETS (fitting imports torch)
-POLL_INTERVAL_MS = 20
-GIL_YIELD_S = 0.008  # while a fit runs, each poll sleeps this long so the worker thread gets the GIL
+POLL_INTERVAL_MS = 20  # while a job is pending or running; the timer stops when all is applied
+# Fits run in a separate process (VascularINRLib.process_worker); the thread that relays its messages
+# needs the GIL for microseconds, which Slicer's main thread holds while Qt idles: each poll lends it.
+GIL_YIELD_S = 0.002
 
 
 #
@@ -135,11 +138,10 @@ class VascularINRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = VascularINRLogic()
-        self.logic.sceneLogic.add_status_listener(self._showStatus)
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(POLL_INTERVAL_MS)
-        self._pollTimer.connect("timeout()", self._poll)
-        self._pollTimer.start()
+        self._pollTimer.connect("timeout()", self._poll)  # started by a scheduled job, stopped when idle
+        self.logic.sceneLogic.add_status_listener(self._showStatus)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -360,13 +362,17 @@ class VascularINRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # --- status (main thread: posted callbacks run from the poll timer) -------------------------
 
     def _poll(self) -> None:
-        self.logic.processEvents()
+        applied = self.logic.processEvents()
         busy = self.logic.sceneLogic.busy
         self.ui.cancelButton.enabled = busy
         if busy:
             time.sleep(GIL_YIELD_S)
+        elif not applied:  # nothing runs and nothing is left to apply: no timer while idle
+            self._pollTimer.stop()
 
     def _showStatus(self, status: Status) -> None:
+        if status.state in ("scheduled", "running") and not self._pollTimer.isActive():
+            self._pollTimer.start()
         self.ui.statusLabel.text = status.message
         running = status.state in ("scheduled", "running")
         self.ui.progressBar.setVisible(running)
@@ -398,7 +404,8 @@ class VascularINRLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.events = MainThreadQueue()
         self.scene = scene if scene is not None else slicer.mrmlScene
-        self.sceneLogic = SceneLogic(self.scene, self.events.post, debounce_s)
+        worker = ProcessFitWorker(self.events.post, debounce_s)  # torch runs there, never in Slicer's process
+        self.sceneLogic = SceneLogic(self.scene, self.events.post, debounce_s, worker=worker)
 
     def getParameterNode(self):
         return VascularINRParameterNode(super().getParameterNode())

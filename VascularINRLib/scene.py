@@ -109,6 +109,21 @@ class _Outcome:
     report: dict
     sdf: object = None
 
+    def __getstate__(self):
+        """Sent from a fit process: the network travels as `network_text` (the front end need not
+        import torch to take it); of the NeuralSDF only its output names."""
+        state = dict(self.__dict__)
+        names = getattr(self.sdf, "output_names", None)
+        state["sdf"] = None if names is None else OutputNames(list(names))
+        return state
+
+
+@dataclass
+class OutputNames:
+    """What is left of an outcome's NeuralSDF after it crossed from the fit process."""
+
+    output_names: List[str]
+
 
 @dataclass
 class _Task:
@@ -840,7 +855,7 @@ class SceneLogic:
                 output = names.index(structure) if structure in names else index
             self._update_model(model, polydata, structure, outcome.network_text, outcome.report, output)
             self._link(task, model, structure)
-            if outcome.network_text is not None and task.kind == "fit":
+            if outcome.network_text is not None and task.kind == "fit" and not isinstance(outcome.sdf, OutputNames):
                 self._networks[model.GetID()] = (model.GetAttribute(ATTRIBUTE_NETWORK), outcome.sdf)
             updated.append(model.GetName())
         self._set_status("done", self._done_message(task, outcome, updated), 1.0, task.key)

@@ -225,7 +225,7 @@ class FitWorker:
             self._deliver(request, functools.partial(request.on_progress, progress))
 
         try:
-            result = request.job(request.cancel_event, report)
+            result = self._call(request.job, request.cancel_event, report)
         except BaseException as error:  # noqa: B902 - everything goes back to the main thread
             if request.cancel_event.is_set():
                 self._deliver(request, request.on_cancelled)
@@ -238,6 +238,10 @@ class FitWorker:
             self._deliver(request, request.on_cancelled)
             return
         self._deliver(request, functools.partial(request.on_result, result))
+
+    def _call(self, job: Job, cancel_event: threading.Event, report: Report) -> Any:
+        """Run one job (here, on this thread; process_worker.ProcessFitWorker runs it in its process)."""
+        return job(cancel_event, report)
 
     def _deliver(self, request: _Request, callback: Optional[Callable[[], None]]) -> None:
         """Post `callback`; it is dropped if the request is superseded before the main loop runs it."""

@@ -1,0 +1,134 @@
+"""Fits in a separate process (process_worker.ProcessFitWorker) behind the scene logic, on real MRML: a fit
+and a warm refit, a cancel that stops a long fit, a crash of the fit process that the front end survives,
+and a front end that never imports torch."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+slicer = pytest.importorskip("slicer")
+
+from VascularINRLib import mesh, phantoms  # noqa: E402
+from VascularINRLib.process_worker import ProcessFitWorker  # noqa: E402
+from VascularINRLib.scene import FitSettings, SceneLogic  # noqa: E402
+from VascularINRLib.worker import MainThreadQueue  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = FitSettings("fast", 48, "cpu", {"max_iterations": 150, "early_stop": False})
+SLOW = FitSettings("fast", 48, "cpu", {"max_iterations": 50000, "early_stop": False})  # only ever cancelled
+TIMEOUT_S = 120.0
+
+
+@pytest.fixture(scope="module")
+def lumen_points():
+    return mesh.sample_points_on_mesh(phantoms.aaa_lumen().mesh(voxel_mm=1.0), 64, seed=0)
+
+
+@pytest.fixture
+def setup():
+    scene = slicer.vtkMRMLScene()
+    events = MainThreadQueue()
+    worker = ProcessFitWorker(events.post, debounce_s=0.05)
+    logic = SceneLogic(scene, events.post, debounce_s=0.05, worker=worker)
+    logic.settings = QUICK
+    yield scene, events, worker, logic
+    logic.shutdown()
+
+
+def _points(scene, points):
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Vessel wall")
+    for point in points:
+        node.AddControlPoint(*point)
+    return node
+
+
+def _wait(logic, events, predicate=None, timeout_s=TIMEOUT_S):
+    predicate = predicate or (lambda: not logic.busy)
+    assert events.run_until(predicate, timeout_s), f"timed out: {logic.status}"
+
+
+def _running_slow_fit(setup, lumen_points):
+    """A fit that would take minutes, once it runs in the fit process; returns its point list."""
+    scene, events, _, logic = setup
+    points = _points(scene, lumen_points)
+    logic.settings = SLOW
+    assert logic.request_fit(points)
+    _wait(logic, events, lambda: logic.status.state == "running")
+    return points
+
+
+def test_fit_and_warm_refit_run_in_the_fit_process(setup, lumen_points):
+    scene, events, worker, logic = setup
+    points = _points(scene, lumen_points[:60])
+    assert logic.request_fit(points)
+    _wait(logic, events)
+    assert logic.status.state == "done", logic.status.message
+    assert worker.process_id not in (None, os.getpid())
+    model = logic.model_for_points(points)
+    assert model.GetPolyData().GetNumberOfPoints() > 100
+    assert logic.network_of(model) is not None  # decoded from the text the process sent
+    first_process = worker.process_id
+    logic.set_auto_refit(points, True)
+    points.AddControlPoint(*lumen_points[60])
+    _wait(logic, events, lambda: not logic.busy and logic.report_of(model)["fit"]["points"] == 61)
+    assert logic.report_of(model)["fit"]["warm_started"]
+    assert worker.process_id == first_process and worker.processes_started == 1  # one long-lived process
+
+
+def test_cancel_stops_a_long_fit_and_the_next_fit_runs(setup, lumen_points):
+    scene, events, worker, logic = setup
+    points = _running_slow_fit(setup, lumen_points)
+    started = time.monotonic()
+    logic.cancel()
+    _wait(logic, events)
+    assert time.monotonic() - started < 10.0
+    assert logic.status.state == "cancelled", logic.status.message
+    logic.settings = QUICK
+    assert logic.request_fit(points)
+    _wait(logic, events)
+    assert logic.status.state == "done", logic.status.message
+
+
+def test_a_crashed_fit_process_is_an_error_and_a_fresh_one_takes_the_next_fit(setup, lumen_points):
+    scene, events, worker, logic = setup
+    points = _running_slow_fit(setup, lumen_points)
+    os.kill(worker.process_id, signal.SIGKILL)  # as a segfault or the out-of-memory killer would
+    _wait(logic, events)
+    assert logic.status.state == "error" and "fit process stopped" in logic.status.message, logic.status.message
+    logic.settings = QUICK
+    assert logic.request_fit(points)
+    _wait(logic, events)
+    assert logic.status.state == "done", logic.status.message
+    assert worker.processes_started == 2
+
+
+def test_the_front_end_never_imports_torch():
+    """The process that holds the scene (Slicer's, the browser app's) fits, refits and reads the
+    model's report without importing torch: it all happens in the fit process."""
+    code = """
+import sys
+import slicer
+from VascularINRLib import phantoms, mesh
+from VascularINRLib.process_worker import ProcessFitWorker
+from VascularINRLib.scene import FitSettings, SceneLogic
+from VascularINRLib.worker import MainThreadQueue
+points = mesh.sample_points_on_mesh(phantoms.aaa_lumen().mesh(voxel_mm=1.0), 60, seed=0)
+scene, events = slicer.vtkMRMLScene(), MainThreadQueue()
+logic = SceneLogic(scene, events.post, debounce_s=0.05, worker=ProcessFitWorker(events.post, 0.05))
+logic.settings = FitSettings("fast", 48, "cpu", {"max_iterations": 100, "early_stop": False})
+node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "wall")
+for p in points:
+    node.AddControlPoint(*p)
+logic.request_fit(node)
+assert events.run_until(lambda: not logic.busy, 120), logic.status
+assert logic.status.state == "done", logic.status.message
+assert logic.report_of(logic.model_for_points(node))["fit"]["points"] == 60
+logic.shutdown()
+assert "torch" not in sys.modules, "torch was imported by the front end"
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
