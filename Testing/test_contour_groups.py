@@ -64,7 +64,7 @@ def test_all_19_groups_are_read_in_the_listed_order_with_every_contour(folder, g
 def test_points_are_centimetres_read_as_millimetres_and_pos_is_in_millimetres(groups):
     aorta = groups["aorta"]
     assert 5.0 < aorta.mean_radius_mm.mean() < 15.0
-    assert aorta.centreline_mm.shape == (31, 3) and 300.0 < contour_groups.vessel_length_mm(aorta) < 700.0
+    assert aorta.centreline_mm.shape == (31, 3) and 300.0 < aorta.length_mm < 700.0
     for group in groups.values():
         assert np.all((group.mean_radius_mm > 1.0) & (group.mean_radius_mm < 20.0)), group.name
     centroids = np.array([contour.centroid_mm for group in groups.values() for contour in group.contours])
@@ -162,12 +162,6 @@ def test_a_loft_needs_two_contours_and_three_points_a_ring(groups):
     with pytest.raises(InputError, match="points_per_ring"):
         contour_groups.loft_tube(aorta, 2)
     assert mesh.is_watertight(contour_groups.loft_tube(contour_groups.Group("two", aorta.contours[:2]), 3))
-
-
-def test_tree_references_loft_every_group(folder, lofts):
-    references = contour_groups.tree_references(folder, RING)
-    assert list(references) == list(lofts)
-    assert mesh.mesh_volume_mm3(references["splenic"]) == pytest.approx(mesh.mesh_volume_mm3(lofts["splenic"]))
 
 
 # --- folders and malformed files ------------------------------------------------------------------

@@ -11,6 +11,7 @@ and the axial view's XY-to-RAS matrix, which the page publishes in #vinr-info (J
 Needs /usr/bin/chromium and the playwright package (Testing/install_browser.sh installs both); skips
 with the reason otherwise. `playwright install` is never used.
 """
+import contextlib
 import io
 import json
 import os
@@ -86,6 +87,21 @@ def _non_blank(png_bytes: bytes) -> bool:
     import matplotlib.image
     pixels = matplotlib.image.imread(io.BytesIO(png_bytes), format="png")[..., :3]
     return float(pixels.std()) > 0.02
+
+
+@contextlib.contextmanager
+def _opened(url: str):
+    """A headless chromium page on `url` (closed afterwards); skips without the playwright package."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed "
+                                                                  "(run Testing/install_browser.sh)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900}, device_scale_factor=1)
+            page.goto(url)
+            yield page
+        finally:
+            browser.close()
 
 
 class _Page:
@@ -178,96 +194,87 @@ def _serve(tmp_path, *data):
 
 
 def test_browser_workflow(server, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed "
-                                                                  "(run Testing/install_browser.sh)")
     from VascularINRLib import mesh, phantoms
     phantom = phantoms.aaa_lumen()
 
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900}, device_scale_factor=1)
-            page.goto(server["url"])
+    with _opened(server["url"]) as page:
+        helper = _Page(page)
+        wait_for = helper.wait_for
 
-            helper = _Page(page)
-            wait_for = helper.wait_for
+        def status_text() -> str:
+            return page.locator("#vinr-status").inner_text()
 
-            def status_text() -> str:
-                return page.locator("#vinr-status").inner_text()
+        # the four views stream: the axial one (largest image) shows the CT
+        axial = helper.large_view()
 
-            # the four views stream: the axial one (largest image) shows the CT
-            axial = helper.large_view()
+        # bad actions give a clear message, not a stack trace
+        page.click("#vinr-fit")
+        page.wait_for_function("document.querySelector('#vinr-status').innerText.includes('more')")
+        assert "Traceback" not in status_text()
+        page.click("#vinr-export")
+        page.wait_for_function("document.querySelector('#vinr-status').innerText.includes('model')")
+        assert "select a model to export" in status_text().lower()
 
-            # bad actions give a clear message, not a stack trace
-            page.click("#vinr-fit")
-            page.wait_for_function("document.querySelector('#vinr-status').innerText.includes('more')")
-            assert "Traceback" not in status_text()
-            page.click("#vinr-export")
-            page.wait_for_function("document.querySelector('#vinr-status').innerText.includes('model')")
-            assert "select a model to export" in status_text().lower()
+        # click 16 points on the lumen wall, 4 on each of 4 axial slices
+        count = 0
+        for z in LEVELS_MM:
+            view = helper.move_large_view(z)
+            for point in _wall_points(phantom, z):
+                count = helper.click_at(axial, view, point)
+        assert count == len(LEVELS_MM) * len(ANGLES), f"placed {count} points"
 
-            # click 16 points on the lumen wall, 4 on each of 4 axial slices
-            count = 0
-            for z in LEVELS_MM:
-                view = helper.move_large_view(z)
-                for point in _wall_points(phantom, z):
-                    count = helper.click_at(axial, view, point)
-            assert count == len(LEVELS_MM) * len(ANGLES), f"placed {count} points"
+        # the background fit ends with a model fitted to all the points
+        done = wait_for(lambda i: not i["busy"] and i["models"] and i["models"][0]["fit"] == count
+                        and i["models"][0]["points"] > 0 and i["status"]["state"] == "done",
+                        "the fit of all points", timeout_s=180)
+        assert "updated" in done["status"]["message"]
+        assert done["models"][0]["image"]["used"], done["models"][0]["image"]  # "Use the image" is on
+        assert "from the image" in done["status"]["message"]
 
-            # the background fit ends with a model fitted to all the points
-            done = wait_for(lambda i: not i["busy"] and i["models"] and i["models"][0]["fit"] == count
-                            and i["models"][0]["points"] > 0 and i["status"]["state"] == "done",
-                            "the fit of all points", timeout_s=180)
-            assert "updated" in done["status"]["message"]
-            assert done["models"][0]["image"]["used"], done["models"][0]["image"]  # "Use the image" is on
-            assert "from the image" in done["status"]["message"]
+        # export under a hostile name: it lands, sanitised, in the export folder
+        page.locator("#vinr-export-name").fill("../../tmp/evil name.stl")
+        page.locator("#vinr-export-name").press("Tab")
+        page.click("#vinr-export")
+        exported = server["export_dir"] / "evil_name.stl"
+        # the file lands before the status reaches the browser: wait for the status, then check the file
+        page.wait_for_function("document.querySelector('#vinr-status').innerText.includes('Exported')",
+                               timeout=30000)
+        assert exported.exists(), f"no export; status: {status_text()}"
+        assert sorted(p.name for p in server["export_dir"].iterdir()) == ["evil_name.stl"]
 
-            # export under a hostile name: it lands, sanitised, in the export folder
-            page.locator("#vinr-export-name").fill("../../tmp/evil name.stl")
-            page.locator("#vinr-export-name").press("Tab")
-            page.click("#vinr-export")
-            exported = server["export_dir"] / "evil_name.stl"
-            # the file lands before the status reaches the browser: wait for the status, then check the file
-            page.wait_for_function("document.querySelector('#vinr-status').innerText.includes('Exported')",
-                                   timeout=30000)
-            assert exported.exists(), f"no export; status: {status_text()}"
-            assert sorted(p.name for p in server["export_dir"].iterdir()) == ["evil_name.stl"]
+        page.click("#vinr-save-scene")  # the scene, with the model and its network, as .mrb
+        saved = server["export_dir"] / "scene.mrb"
+        page.wait_for_function("document.querySelector('#vinr-status').innerText.startsWith('Scene saved')",
+                               timeout=60000)
+        assert saved.stat().st_size > 0
 
-            page.click("#vinr-save-scene")  # the scene, with the model and its network, as .mrb
-            saved = server["export_dir"] / "scene.mrb"
-            page.wait_for_function("document.querySelector('#vinr-status').innerText.startsWith('Scene saved')",
-                                   timeout=60000)
-            assert saved.stat().st_size > 0
+        page.wait_for_timeout(1500)  # let the views show the surface
+        screenshot = tmp_path / "web.png"
+        page.screenshot(path=str(screenshot))
+        if os.environ.get("VASCULAR_INR_WEB_SCREENSHOT"):
+            shutil.copyfile(screenshot, os.environ["VASCULAR_INR_WEB_SCREENSHOT"])
 
-            page.wait_for_timeout(1500)  # let the views show the surface
-            screenshot = tmp_path / "web.png"
-            page.screenshot(path=str(screenshot))
-            if os.environ.get("VASCULAR_INR_WEB_SCREENSHOT"):
-                shutil.copyfile(screenshot, os.environ["VASCULAR_INR_WEB_SCREENSHOT"])
-
-            # CFD: the ends of the fitted segment, one slid 2 mm into the vessel, exported as a folder
-            page.click("#vinr-cfd-ends")
-            ends = wait_for(lambda i: len(i.get("cfd_ends", [])) == 2, "two ends")["cfd_ends"]
-            assert [end["name"] for end in ends] == ["inlet", "outlet_1"]
-            for step in range(1, 5):  # 0.5 mm a key press; the list is redrawn after each
-                thumb = page.locator(".vinr-cfd-slider-1 .v-slider-thumb")
-                thumb.focus()
-                thumb.press("ArrowLeft")
-                moved = wait_for(lambda i: i["cfd_ends"][1]["offset"] == -0.5 * step,
-                                 f"the outlet's cut {0.5 * step} mm in")["cfd_ends"]
-            page.click("#vinr-cfd-export")
-            page.wait_for_function("document.querySelector('#vinr-status').innerText.includes('exported for CFD')",
-                                   timeout=120000)
-            folders = [p for p in server["export_dir"].iterdir() if p.name.endswith("_cfd")]
-            assert len(folders) == 1, status_text()
-            report = json.loads((folders[0] / "cfd.json").read_text())
-            assert [face["name"] for face in report["faces"]] == ["wall", "cap_inlet", "cap_outlet_1"]
-            assert report["checks"]["boundary_edges"] == 0 and report["checks"]["self_intersections"] == 0
-            outlet = next(cut for cut in report["cuts_mm"] if cut["name"] == "outlet_1")
-            assert np.allclose(outlet["centre_mm"], moved[1]["centre"], atol=1e-3)
-            assert (folders[0] / "model.stl").stat().st_size > 0
-        finally:
-            browser.close()
+        # CFD: the ends of the fitted segment, one slid 2 mm into the vessel, exported as a folder
+        page.click("#vinr-cfd-ends")
+        ends = wait_for(lambda i: len(i.get("cfd_ends", [])) == 2, "two ends")["cfd_ends"]
+        assert [end["name"] for end in ends] == ["inlet", "outlet_1"]
+        for step in range(1, 5):  # 0.5 mm a key press; the list is redrawn after each
+            thumb = page.locator(".vinr-cfd-slider-1 .v-slider-thumb")
+            thumb.focus()
+            thumb.press("ArrowLeft")
+            moved = wait_for(lambda i: i["cfd_ends"][1]["offset"] == -0.5 * step,
+                             f"the outlet's cut {0.5 * step} mm in")["cfd_ends"]
+        page.click("#vinr-cfd-export")
+        page.wait_for_function("document.querySelector('#vinr-status').innerText.includes('exported for CFD')",
+                               timeout=120000)
+        folders = [p for p in server["export_dir"].iterdir() if p.name.endswith("_cfd")]
+        assert len(folders) == 1, status_text()
+        report = json.loads((folders[0] / "cfd.json").read_text())
+        assert [face["name"] for face in report["faces"]] == ["wall", "cap_inlet", "cap_outlet_1"]
+        assert report["checks"]["boundary_edges"] == 0 and report["checks"]["self_intersections"] == 0
+        outlet = next(cut for cut in report["cuts_mm"] if cut["name"] == "outlet_1")
+        assert np.allclose(outlet["centre_mm"], moved[1]["centre"], atol=1e-3)
+        assert (folders[0] / "model.stl").stat().st_size > 0
 
     # LPS export: flip back to RAS to compare with the phantom
     surface_ras = _to_ras(mesh.read_mesh(exported))
@@ -286,8 +293,6 @@ def test_browser_on_a_real_volume(shared_data, tmp_path):
     window from its histogram and a 3D camera that sees the axial plane; points clicked on its segmented
     wall in the large view, turned coronal (across this vessel), give a surface that matches the
     segmentation in the clicked span."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed "
-                                                                  "(run Testing/install_browser.sh)")
     from VascularINRLib import annotator, mesh
 
     volume_path = shared_data / "vmtk_aorta" / "aorta.mha"
@@ -295,47 +300,40 @@ def test_browser_on_a_real_volume(shared_data, tmp_path):
     serving = _serve(tmp_path, volume_path)
     server = next(serving)
     try:
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 900}, device_scale_factor=1)
-                page.goto(server["url"])
+        with _opened(server["url"]) as page:
+            helper = _Page(page)
+            axial = helper.large_view()
+            start = helper.wait_for(lambda i: i.get("volume") and "3D" in i["views"], "the volume's info")
+            bounds = np.array(start["volume"]["ras_bounds"]).reshape(3, 2)
+            centre = bounds.mean(axis=1)
+            for tag, axis in (("Red", 2), ("Yellow", 0), ("Green", 1)):
+                assert abs(start["views"][tag]["offset"] - centre[axis]) <= 1.0, (tag, start["views"][tag])
+            window, level = start["volume"]["window_level"]
+            assert 300 < level < 2000 and 300 < window < 2600, (window, level)  # MR: 0..2570, lumen ~1780
+            assert abs(start["views"]["3D"]["direction_of_projection"][2]) > 0.3  # not edge-on
 
-                helper = _Page(page)
-                axial = helper.large_view()
-                start = helper.wait_for(lambda i: i.get("volume") and "3D" in i["views"], "the volume's info")
-                bounds = np.array(start["volume"]["ras_bounds"]).reshape(3, 2)
-                centre = bounds.mean(axis=1)
-                for tag, axis in (("Red", 2), ("Yellow", 0), ("Green", 1)):
-                    assert abs(start["views"][tag]["offset"] - centre[axis]) <= 1.0, (tag, start["views"][tag])
-                window, level = start["volume"]["window_level"]
-                assert 300 < level < 2000 and 300 < window < 2600, (window, level)  # MR: 0..2570, lumen ~1780
-                assert abs(start["views"]["3D"]["direction_of_projection"][2]) > 0.3  # not edge-on
-
-                page.locator("#vinr-main-view").click(force=True)  # the large view across the vessel: coronal
-                page.locator(".v-overlay .v-list-item", has_text="Coronal").click()
-                helper.wait_for(lambda i: abs(i["views"]["Red"]["offset"] - centre[1]) <= 1.0, "the coronal view")
-                count, clicked = 0, []
-                for level in VMTK_LEVELS_MM:
-                    view = helper.move_large_view(level)
-                    origin = np.array([0.0, view["offset"], 0.0])
-                    loops = [loop for loop in annotator._contours(reference, origin, np.array([0.0, 1.0, 0.0]))
-                             if annotator._length(loop) > 10.0]
-                    assert loops, f"no outline of the segmentation at A = {view['offset']}"
-                    for loop in loops:
-                        for point in annotator._equally_spaced(loop, 5, 0.1):
-                            count = helper.click_at(axial, view, point)
-                            clicked.append(point)
-                done = helper.wait_for(lambda i: not i["busy"] and i["models"] and i["models"][0]["fit"] == count
-                                       and i["status"]["state"] == "done", "the fit of all points", timeout_s=240)
-                assert done["models"][0]["image"]["used"], done["models"][0]["image"]
-                page.locator("#vinr-export-name").fill("vmtk.stl")
-                page.locator("#vinr-export-name").press("Tab")
-                page.click("#vinr-export")
-                page.wait_for_function("document.querySelector('#vinr-status').innerText.includes('Exported')",
-                                       timeout=30000)
-            finally:
-                browser.close()
+            page.locator("#vinr-main-view").click(force=True)  # the large view across the vessel: coronal
+            page.locator(".v-overlay .v-list-item", has_text="Coronal").click()
+            helper.wait_for(lambda i: abs(i["views"]["Red"]["offset"] - centre[1]) <= 1.0, "the coronal view")
+            count, clicked = 0, []
+            for level in VMTK_LEVELS_MM:
+                view = helper.move_large_view(level)
+                origin = np.array([0.0, view["offset"], 0.0])
+                loops = [loop for loop in annotator._contours(reference, origin, np.array([0.0, 1.0, 0.0]))
+                         if annotator._length(loop) > 10.0]
+                assert loops, f"no outline of the segmentation at A = {view['offset']}"
+                for loop in loops:
+                    for point in annotator._equally_spaced(loop, 5, 0.1):
+                        count = helper.click_at(axial, view, point)
+                        clicked.append(point)
+            done = helper.wait_for(lambda i: not i["busy"] and i["models"] and i["models"][0]["fit"] == count
+                                   and i["status"]["state"] == "done", "the fit of all points", timeout_s=240)
+            assert done["models"][0]["image"]["used"], done["models"][0]["image"]
+            page.locator("#vinr-export-name").fill("vmtk.stl")
+            page.locator("#vinr-export-name").press("Tab")
+            page.click("#vinr-export")
+            page.wait_for_function("document.querySelector('#vinr-status').innerText.includes('Exported')",
+                                   timeout=30000)
         # the export is in LPS by default: back to RAS for the comparison
         surface = _to_ras(mesh.read_mesh(server["export_dir"] / "vmtk.stl"))
         assert mesh.is_watertight(surface)

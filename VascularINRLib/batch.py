@@ -53,10 +53,6 @@ class BatchResult:
     def count(self, status: str) -> int:
         return sum(1 for row in self.rows if row["status"] == status)
 
-    @property
-    def ran(self) -> int:
-        return sum(1 for row in self.rows if not row.get("resumed") and row["status"] in ("ok", "failed"))
-
 
 def default_workers() -> int:
     """One single-threaded worker per core this process may use."""
@@ -108,7 +104,7 @@ def _ignore_interrupts() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _start(scheduler: Optional[str], workers: Optional[int], log):
+def _start(scheduler: Optional[str], workers: Optional[int]):
     """(client, cluster or None, description)."""
     from distributed import Client, LocalCluster
 
@@ -187,7 +183,7 @@ def run(manifest, output, *, scheduler: Optional[str] = None, workers: Optional[
             if workers == 0 and not scheduler:
                 client, description = _InProcess(), "this process, one task after another"
             else:
-                client, cluster, description = _start(scheduler, workers, say)
+                client, cluster, description = _start(scheduler, workers)
             dashboard = client.dashboard_link
             say(f"batch: {len(pending_cases) + len(pending_groups)} task(s) on {description}"
                 + (f"; dashboard {dashboard}" if dashboard else ""))

@@ -89,11 +89,6 @@ class Group:
         return np.array([contour.mean_radius_mm for contour in self.contours])
 
 
-def vessel_length_mm(group: Group) -> float:
-    """Length of the group's centreline (through the contours' centroids), mm."""
-    return group.length_mm
-
-
 # --- reading -------------------------------------------------------------------------------------
 
 def _vector_area(points: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -389,7 +384,3 @@ def loft_tube(group: Group, points_per_ring: int = 64) -> vtk.vtkPolyData:
     polydata.GetCellData().AddArray(faces)
     return polydata
 
-
-def tree_references(folder, points_per_ring: int = 64) -> Dict[str, vtk.vtkPolyData]:
-    """`loft_tube` of every group in a legacy groups folder, in the folder's order."""
-    return {name: loft_tube(group, points_per_ring) for name, group in read_groups(folder).items()}

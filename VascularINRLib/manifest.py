@@ -78,7 +78,6 @@ class Case:
     group: Optional[str] = None
     wall: Optional[str] = None
     options: Dict[str, object] = field(default_factory=dict)  # FIT_OPTIONS given for this case
-    line: int = 0  # where it was read (CSV line, or JSON case number)
     key: str = ""
 
     def inputs(self) -> List[Path]:
@@ -237,8 +236,8 @@ def read_manifest(path, defaults: Optional[Dict[str, object]] = None) -> Manifes
     if len(rows) > MAX_CASES:
         raise InputError(f"{path}: {len(rows)} cases, more than {MAX_CASES} in one manifest")
     cases, group_rows, seen = [], {}, set()
-    for where, number, row in rows:
-        case, group_fields = _case(row, where, number, path.parent, defaults or {})
+    for where, _, row in rows:
+        case, group_fields = _case(row, where, path.parent, defaults or {})
         if case.id in seen:
             raise InputError(f"{where}: the id {case.id!r} is given twice")
         seen.add(case.id)
@@ -258,7 +257,7 @@ def read_manifest(path, defaults: Optional[Dict[str, object]] = None) -> Manifes
     return manifest
 
 
-def _case(row: dict, where: str, number: int, folder: Path, defaults: Dict[str, object]):
+def _case(row: dict, where: str, folder: Path, defaults: Dict[str, object]):
     """The case of one row, and the group settings (action, k, mode) it gives."""
     case_id = str(row.get("id", "")).strip()
     if not _NAME.match(case_id):
@@ -293,7 +292,7 @@ def _case(row: dict, where: str, number: int, folder: Path, defaults: Dict[str, 
         if name in fields and group is None:
             raise InputError(f"{where}: {name} belongs to a group: give the case a group")
     case = Case(case_id, paths.get("points"), paths.get("mesh"), fields.get("n", 400), fields.get("seed", 0),
-                paths.get("reference"), fields.get("dice_voxel"), group, fields.get("wall"), options, number)
+                paths.get("reference"), fields.get("dice_voxel"), group, fields.get("wall"), options)
     return case, {name: fields[name] for name in ("action", "k", "mode", "blend_voxel")
                   if name in fields}
 

@@ -135,11 +135,6 @@ class ProcessFitWorker(FitWorker):
             connection.close()
         return process.exitcode
 
-    def prestart(self) -> None:
-        """Start the child now (it imports the library; torch comes with the first job)."""
-        with self._process_lock:
-            self._ensure_process()
-
     @property
     def process_id(self) -> Optional[int]:
         process = self._process
