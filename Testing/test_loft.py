@@ -122,6 +122,20 @@ def test_loft_of_a_tube_clicked_on_slices():
     assert np.allclose(result.cap_normals[order], [[0, 0, 1], [0, 0, -1]])
 
 
+def test_a_widening_vessels_balls_are_wider_than_its_rings():
+    """A cone clicked on slices, its radius growing 0.5 mm a mm: the largest ball that touches a ring
+    has radius r·√(1 + 0.5²) (its centre on the axis, on the wide side); a straight tube's are its rings."""
+    rng = np.random.default_rng(5)
+    levels = np.arange(0.0, 41.0, 10.0)
+    points = np.vstack([_ring((0.0, 0.0), 5.0 + 0.5 * z, 8, rng.random(), z) for z in levels])
+    result = loft.build_loft(points, slices.detect(points), 0.0, ring_spacing_mm=1.0, interpolation_mm=2.5)
+    radii, balls = result.radii_mm, result.ball_radii_mm
+    assert np.allclose(balls / radii, np.sqrt(1.0 + 0.5 ** 2), rtol=0.03)
+    straight = np.vstack([_ring((0.0, 0.0), 5.0, 8, rng.random(), z) for z in levels])
+    tube = loft.build_loft(straight, slices.detect(straight), 0.0, ring_spacing_mm=1.0, interpolation_mm=2.5)
+    assert np.allclose(tube.ball_radii_mm, tube.radii_mm, rtol=0.01)
+
+
 def test_no_cap_where_clicks_go_on_beyond_the_last_slice():
     rng = np.random.default_rng(4)
     on_slices = np.vstack([_ring((0.0, 0.0), 5.0, 6, rng.random(), z) for z in (0.0, 10.0, 20.0)])

@@ -68,6 +68,10 @@ def test_fit_and_warm_refit_run_in_the_fit_process(setup, lumen_points):
     _wait(logic, events)
     assert logic.status.state == "done", logic.status.message
     assert worker.process_id not in (None, os.getpid())
+    maps = Path(f"/proc/{worker.process_id}/maps")
+    if maps.exists():  # Linux: the fit process loaded torch, and none of MRML (its jobs import no `slicer`)
+        loaded = maps.read_text()
+        assert "libtorch" in loaded and "MRML" not in loaded
     model = logic.model_for_points(points)
     assert model.GetPolyData().GetNumberOfPoints() > 100
     assert logic.network_of(model) is not None  # decoded from the text the process sent
@@ -107,18 +111,17 @@ def test_a_crashed_fit_process_is_an_error_and_a_fresh_one_takes_the_next_fit(se
 
 
 def test_the_front_end_never_imports_torch():
-    """The process that holds the scene (Slicer's, the browser app's) fits, refits and reads the
-    model's report without importing torch: it all happens in the fit process."""
+    """The process that holds the scene (Slicer's, the browser app's, a script's) fits and reads the
+    model's report without importing torch: the scene logic's default worker is the fit process."""
     code = """
 import sys
 import slicer
 from VascularINRLib import phantoms, mesh
-from VascularINRLib.process_worker import ProcessFitWorker
 from VascularINRLib.scene import FitSettings, SceneLogic
 from VascularINRLib.worker import MainThreadQueue
 points = mesh.sample_points_on_mesh(phantoms.aaa_lumen().mesh(voxel_mm=1.0), 60, seed=0)
 scene, events = slicer.vtkMRMLScene(), MainThreadQueue()
-logic = SceneLogic(scene, events.post, debounce_s=0.05, worker=ProcessFitWorker(events.post, 0.05))
+logic = SceneLogic(scene, events.post, debounce_s=0.05)
 logic.settings = FitSettings("fast", 48, "cpu", {"max_iterations": 100, "early_stop": False})
 node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "wall")
 for p in points:
@@ -132,3 +135,57 @@ assert "torch" not in sys.modules, "torch was imported by the front end"
 """
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_a_script_without_a_main_guard_or_from_stdin_is_not_run_again_by_the_fit_process(tmp_path, lumen_points):
+    """multiprocessing's spawn would import the parent's __main__ again in the child: a Slicer startup
+    script, a user's script without `if __name__ == "__main__"` (which then starts fits from the child),
+    or `<stdin>` (which cannot be found). The fit process imports only the library."""
+    runs = tmp_path / "runs.txt"
+    code = f"""
+import slicer
+from VascularINRLib.scene import FitSettings, SceneLogic
+from VascularINRLib.worker import MainThreadQueue
+with open({str(runs)!r}, "a") as log:
+    log.write("run\\n")
+scene, events = slicer.vtkMRMLScene(), MainThreadQueue()
+logic = SceneLogic(scene, events.post, debounce_s=0.05)
+logic.settings = FitSettings("fast", 48, "cpu", {{"max_iterations": 60, "early_stop": False}})
+node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "wall")
+for p in {lumen_points[:40].tolist()!r}:
+    node.AddControlPoint(*p)
+logic.request_fit(node)
+assert events.run_until(lambda: not logic.busy, 120), logic.status
+assert logic.status.state == "done", logic.status.message
+logic.shutdown()
+"""
+    script = tmp_path / "no_guard.py"
+    script.write_text(code)
+    for how in ([sys.executable, str(script)], [sys.executable, "-"]):
+        result = subprocess.run(how, cwd=ROOT, input=code, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert runs.read_text() == "run\nrun\n"  # once each: never in the fit process
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the stand-in PythonSlicer is a shell script")
+def test_without_sys_executable_the_fit_process_is_pythonslicer_from_the_path_and_its_failure_is_told(
+        setup, lumen_points, tmp_path, monkeypatch):
+    """Slicer sets sys.executable to PythonSlicer once it has started; started without its launcher it is
+    empty. Then PythonSlicer is looked up on the PATH; a process that fails to start is an error that
+    quotes what it wrote, and the next fit tries again."""
+    scene, events, worker, logic = setup
+    real_python = sys.executable
+    stand_in = tmp_path / "PythonSlicer"
+    stand_in.write_text("#!/bin/sh\necho 'error while loading shared libraries: libstandin.so' >&2\nexit 3\n")
+    stand_in.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", "")
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    points = _points(scene, lumen_points[:40])
+    assert logic.request_fit(points)
+    _wait(logic, events)
+    assert logic.status.state == "error", logic.status.message
+    assert "stopped while starting" in logic.status.message and "libstandin.so" in logic.status.message
+    stand_in.write_text(f'#!/bin/sh\nexec "{real_python}" "$@"\n')
+    assert logic.request_fit(points)
+    _wait(logic, events)
+    assert logic.status.state == "done", logic.status.message

@@ -53,7 +53,6 @@ from VascularINRLib.scene import (  # noqa: E402
     SceneLogic,
     Status,
 )
-from VascularINRLib.process_worker import ProcessFitWorker  # noqa: E402
 from VascularINRLib.worker import MainThreadQueue  # noqa: E402
 
 REQUIREMENTS_FILE = MODULE_DIR / "Resources" / "requirements.txt"
@@ -404,8 +403,8 @@ class VascularINRLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.events = MainThreadQueue()
         self.scene = scene if scene is not None else slicer.mrmlScene
-        worker = ProcessFitWorker(self.events.post, debounce_s)  # torch runs there, never in Slicer's process
-        self.sceneLogic = SceneLogic(self.scene, self.events.post, debounce_s, worker=worker)
+        # fits run in the scene logic's fit process (PythonSlicer): torch never loads in Slicer's own process
+        self.sceneLogic = SceneLogic(self.scene, self.events.post, debounce_s)
 
     def getParameterNode(self):
         return VascularINRParameterNode(super().getParameterNode())

@@ -343,6 +343,7 @@ def _image_phase(result: FitResult, image: Volume, edges: Optional[EdgeModel], r
     if loft is not None:
         _, nearest = cKDTree(loft.points_mm).query(extra)
         loft = replace(loft, points_mm=data_mm, radii_mm=np.concatenate([loft.radii_mm, loft.radii_mm[nearest]]),
+                       ball_radii_mm=np.concatenate([loft.ball_radii_mm, loft.ball_radii_mm[nearest]]),
                        spacing_mm=np.concatenate([loft.spacing_mm, loft.spacing_mm[nearest]]),
                        ring_of_point=np.concatenate([loft.ring_of_point, np.full(len(extra), -1)]),
                        normals=np.vstack([loft.normals, np.zeros((len(extra), 3))]))
@@ -416,7 +417,7 @@ def _optimise(points_mm, config, normalization, network, device, progress, progr
                                         config.max_radius_mm, np.random.default_rng(config.seed), device, dtype,
                                         draws=config.max_iterations * config.far_field_samples,
                                         point_noise_mm=config.point_noise_mm,
-                                        radii_mm=None if loft is None else loft.radii_mm,
+                                        radii_mm=None if loft is None else loft.ball_radii_mm,
                                         spacing_mm=None if loft is None else loft.spacing_mm,
                                         end_caps=caps,
                                         end_cap_fraction=config.end_cap_samples / max(config.far_field_samples, 1),

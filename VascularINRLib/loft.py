@@ -72,6 +72,9 @@ class Loft:
     outline_normals: Optional[np.ndarray] = None
     outline_radii: Optional[np.ndarray] = None
     outline_families: Optional[np.ndarray] = None
+    # per point: the largest ball inside the vessel that touches its ring (the radius, wider where the
+    # wall is slanted along the vessel: `_widening`); what the far-field prior takes as the vessel's radius
+    ball_radii_mm: Optional[np.ndarray] = None
 
     def beyond_the_clicks(self, points_mm: np.ndarray, margin_mm: float = 0.5) -> np.ndarray:
         """Which points lie past the clicked span: for a family of parallel slices with two or more
@@ -382,7 +385,7 @@ def build_loft(points_mm: np.ndarray, slices: SlicePlanes, noise_mm: float, ring
 def _build_loft(points_mm, slices, noise_mm, ring_spacing_mm, interpolation_mm, seed) -> Loft:
     points_mm = np.asarray(points_mm, dtype=np.float64)
     used = np.zeros(len(points_mm), dtype=bool)
-    ring_points, ring_radii, ring_gaps, ring_normals = [], [], [], []
+    ring_points, ring_radii, ring_ball_radii, ring_gaps, ring_normals = [], [], [], [], []
     outlines = []  # (centre, normal, radius, family) of each contour fitted as a curve
     caps = []
     all_contours: List[Contour] = []
@@ -409,7 +412,7 @@ def _build_loft(points_mm, slices, noise_mm, ring_spacing_mm, interpolation_mm, 
         for chain in chains:
             fit_chain([contours[i] for i in chain], noise_mm)
         trusted = _trusted(contours, successors, predecessors, noise_mm)
-        for chain in chains:
+        for chain_number, chain in enumerate(chains):
             for i in chain:
                 if not trusted[i]:
                     continue
@@ -417,7 +420,7 @@ def _build_loft(points_mm, slices, noise_mm, ring_spacing_mm, interpolation_mm, 
                 coefficients = contours[i].coefficients
                 curves.setdefault(contours[i].level, []).append(
                     (sample_curve(coefficients, ring_spacing_mm), _largest_radius(coefficients),
-                     gap_at[contours[i].level]))
+                     gap_at[contours[i].level], chain_number))
             for run in _runs(chain, trusted):
                 if len(run) < 2 or not interpolation_mm:
                     continue
@@ -433,16 +436,18 @@ def _build_loft(points_mm, slices, noise_mm, ring_spacing_mm, interpolation_mm, 
                         coefficients = interpolate(level)
                         curves.setdefault(level, []).append(
                             (sample_curve(coefficients, ring_spacing_mm), _largest_radius(coefficients),
-                             (high - low) / (steps + 1)))
+                             (high - low) / (steps + 1), chain_number))
                         interpolated += 1
+        widening = _widening(curves)
         for level, items in curves.items():
-            for number, (curve, radius, gap) in enumerate(items):
-                others = [other for j, (other, _, _) in enumerate(items) if j != number]
+            for number, (curve, radius, gap, chain_number) in enumerate(items):
+                others = [other for j, (other, *_) in enumerate(items) if j != number]
                 keep = ~_inside_any(curve, others) if others else np.ones(len(curve), dtype=bool)
                 ring_points.append(frame.to_world(curve[keep], level))
                 normal_uv = outward_normals(curve)[keep]
                 ring_normals.append(normal_uv[:, :1] * frame.u + normal_uv[:, 1:2] * frame.v)
                 ring_radii.append(np.full(int(keep.sum()), radius))
+                ring_ball_radii.append(np.full(int(keep.sum()), radius * widening[chain_number, level]))
                 ring_gaps.append(np.full(int(keep.sum()), gap))
         candidates = []  # (contour, cap); kept below unless the slice holds a U-turn
         for i, contour in enumerate(contours):
@@ -485,12 +490,14 @@ def _build_loft(points_mm, slices, noise_mm, ring_spacing_mm, interpolation_mm, 
     normals = np.vstack(ring_normals + [np.zeros((int(free.sum()), 3))])
     if ring_points:
         radii, spacing = np.concatenate(ring_radii), np.concatenate(ring_gaps)
+        ball_radii = np.concatenate(ring_ball_radii)
         rings = np.vstack(ring_points)
         if free.any():
             _, nearest = cKDTree(rings).query(points_mm[free])
             radii, spacing = np.concatenate([radii, radii[nearest]]), np.concatenate([spacing, spacing[nearest]])
+            ball_radii = np.concatenate([ball_radii, ball_radii[nearest]])
     else:
-        radii = spacing = None
+        radii = spacing = ball_radii = None
     residuals = [c.residual_mm for c in all_contours if c.residual_mm is not None]
     report = {"slices": int(slices.count), "contours": contour_count, "chains": chain_count,
               "interpolated_curves": interpolated, "ring_points": int(sum(len(r) for r in ring_points)),
@@ -501,7 +508,26 @@ def _build_loft(points_mm, slices, noise_mm, ring_spacing_mm, interpolation_mm, 
                 np.array([c[0] for c in caps]).reshape(-1, 3), np.array([c[1] for c in caps]).reshape(-1, 3),
                 np.array([c[2] for c in caps]), report, all_contours, ring_of_point, normals,
                 np.array([o[0] for o in outlines]).reshape(-1, 3), np.array([o[1] for o in outlines]).reshape(-1, 3),
-                np.array([o[2] for o in outlines], dtype=np.float64), np.array([o[3] for o in outlines], dtype=int))
+                np.array([o[2] for o in outlines], dtype=np.float64), np.array([o[3] for o in outlines], dtype=int),
+                ball_radii)
+
+
+def _widening(curves: Dict[float, List[tuple]]) -> Dict[tuple, float]:
+    """Per (chain, level): √(1 + (dr/ds)²), r a chain's ring radius along the slices' normal s. Where a
+    vessel widens or narrows along its axis, its wall is slanted, and the largest ball inside it that
+    touches a ring is that much wider than the ring (its centre lies on the axis, beyond the ring's
+    plane on the wide side: r·√(1 + r'²) for a tube of revolution)."""
+    by_chain: Dict[int, List[tuple]] = {}
+    for level, items in curves.items():
+        for _, radius, _, chain_number in items:
+            by_chain.setdefault(chain_number, []).append((level, radius))
+    factors = {}
+    for chain_number, pairs in by_chain.items():
+        levels, radii = (np.array(values, dtype=np.float64) for values in zip(*sorted(pairs)))
+        slope = np.gradient(radii, levels) if len(levels) > 1 and np.all(np.diff(levels) > 0) else np.zeros(len(levels))
+        for level, value in zip(levels, np.sqrt(1.0 + slope ** 2)):
+            factors[chain_number, float(level)] = float(value)
+    return factors
 
 
 def outward_normals(curve: np.ndarray) -> np.ndarray:

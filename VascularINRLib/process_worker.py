@@ -4,68 +4,50 @@
 desktop that thread starves: PythonQt keeps the GIL on the main thread while Qt idles, so a fit on a
 thread only runs while the main thread sleeps. `ProcessFitWorker` keeps FitWorker's scheduling
 (debounce, newest request per key wins, callbacks posted to the main loop) but runs each job in a
-child process (multiprocessing, spawn: in Slicer `sys.executable` is PythonSlicer) that stays alive
-between jobs, so torch is imported once and a refit starts at once.
+child process that stays alive between jobs, so torch is imported once and a refit starts at once.
 
-- A job is a picklable callable `job(cancel_event, report)` (the scene's jobs are module functions
-  with numpy arrays, settings and network text). Its result and error travel back pickled; VTK data
-  objects pickle through `vtkmodules.util.pickle_support`.
-- Progress comes back through the pipe; the scheduling thread waits on the pipe (no GIL held while
-  it waits) and posts it.
-- Cancel sets an event the job checks; a job that has not stopped `CANCEL_GRACE_S` later is killed
-  with its process, and the next job starts a fresh one.
-- A crash of the child (a segfault in a library, out of memory) fails the job with a clear error;
-  the front end stays up and the next job starts a fresh child.
+- The child is `sys.executable` (in Slicer: PythonSlicer) started with `subprocess`, not
+  `multiprocessing`: spawn re-imports the parent's `__main__` in the child (a Slicer startup script,
+  a user's script without a main guard, `<stdin>`), and that cannot be turned off. The child gets the
+  parent's `sys.path` and imports only this package and what the jobs need.
+- Messages are pickles over the child's stdin and stdout (the child's own prints go to stderr). A
+  job is a picklable callable `job(cancel_event, report)` (the scene's jobs are module functions with
+  numpy arrays, settings and network text: fit_jobs.py); its result or error travels back pickled,
+  VTK data objects through `vtkmodules.util.pickle_support`. Progress comes back the same way.
+- A reading thread in each process turns the pipe into a queue: the scheduling thread waits on the
+  queue (no GIL held while it waits), and the child's reader sets the job's cancel event.
+- Cancel asks the job to stop; a job that has not stopped `CANCEL_GRACE_S` later is killed with its
+  process, and the next job starts a fresh one. A crash of the child (a segfault in a library, out of
+  memory) fails the job with a clear error; the front end stays up and the next job starts a fresh
+  child. A child whose parent is gone (its stdin closes) cancels its job and exits.
 """
 from __future__ import annotations
 
+import collections
 import logging
-import multiprocessing
+import os
+import pickle
+import queue
+import shutil
+import subprocess
+import sys
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, BinaryIO, Optional
 
 from .errors import FitCancelled, VascularINRError
 from .worker import DEFAULT_DEBOUNCE_S, FitWorker, Post
 
 CANCEL_GRACE_S = 3.0
 START_TIMEOUT_S = 120.0
+STDERR_LINES_KEPT = 20
 log = logging.getLogger(__name__)
+_BOOT = ("import pickle, sys; sys.path[:] = pickle.load(sys.stdin.buffer); "
+         "from VascularINRLib.process_worker import serve; serve()")
 
 
 class WorkerProcessDied(VascularINRError):
     """The fit process ended during a job (crashed or was killed)."""
-
-
-def _child(connection, cancel_event) -> None:
-    """The child process: run jobs until told to stop (None) or the pipe closes."""
-    _vtk_pickling()
-
-    connection.send(("ready",))
-    while True:
-        try:
-            job = connection.recv()
-        except (EOFError, OSError):
-            return
-        if job is None:
-            return
-        last = [0.0]
-
-        def report(fraction: float, message: str, force: bool = False) -> None:
-            now = time.monotonic()
-            if force or now - last[0] >= 0.1:
-                last[0] = now
-                connection.send(("progress", float(fraction), str(message), bool(force)))
-
-        try:
-            result = job(cancel_event, report)
-        except BaseException as error:  # noqa: B902 - every error goes back to the parent
-            connection.send(("error", _portable(error)))
-            continue
-        try:
-            connection.send(("result", result))
-        except Exception as error:  # the result does not pickle
-            connection.send(("error", RuntimeError(f"the fit's result could not be sent back ({error})")))
 
 
 def _vtk_pickling() -> None:
@@ -77,13 +59,161 @@ def _vtk_pickling() -> None:
 
 def _portable(error: BaseException) -> BaseException:
     """The error itself when it pickles, else a RuntimeError that names it."""
-    import pickle
-
     try:
         pickle.loads(pickle.dumps(error))
         return error
     except Exception:
         return RuntimeError(f"{type(error).__name__}: {error}")
+
+
+def _read_into(stream: BinaryIO, messages: "queue.Queue") -> None:
+    """Put every pickle that arrives on `stream` into `messages`, then None when it closes."""
+    while True:
+        try:
+            message = pickle.load(stream)
+        except Exception:  # EOF, a broken pipe, a half message from a dying process
+            messages.put(None)
+            return
+        messages.put(message)
+
+
+# --- the child --------------------------------------------------------------------------------------
+
+def serve() -> None:
+    """The fit process: run the jobs that arrive on stdin, one at a time, until stdin closes or None
+    arrives; answer on what was stdout."""
+    channel = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a library's print must not corrupt the channel
+    sys.stdout = sys.stderr
+    _vtk_pickling()
+    cancel_event = threading.Event()
+    jobs: "queue.Queue" = queue.Queue()
+
+    def read() -> None:
+        while True:
+            try:
+                message = pickle.load(sys.stdin.buffer)
+            except Exception:
+                message = None
+            if message is None or message == "cancel":
+                cancel_event.set()
+            if message != "cancel":
+                jobs.put(message)
+            if message is None:
+                return
+
+    def send(message: tuple) -> None:
+        pickle.dump(message, channel, protocol=pickle.HIGHEST_PROTOCOL)
+        channel.flush()
+
+    threading.Thread(target=read, name="VascularINR fit process reader", daemon=True).start()
+    send(("ready", os.getpid()))
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        cancel_event.clear()
+        last = [0.0]
+
+        def report(fraction: float, message: str, force: bool = False) -> None:
+            now = time.monotonic()
+            if force or now - last[0] >= 0.1:
+                last[0] = now
+                send(("progress", float(fraction), str(message), bool(force)))
+
+        try:
+            result = job(cancel_event, report)
+        except BaseException as error:  # noqa: B902 - every error goes back to the parent
+            send(("error", _portable(error)))
+            continue
+        try:
+            payload = pickle.dumps(("result", result), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as error:  # the result does not pickle
+            send(("error", RuntimeError(f"the fit's result could not be sent back ({error})")))
+            continue
+        channel.write(payload)
+        channel.flush()
+
+
+def python_executable() -> str:
+    """The Python that runs the fit process: this one (in Slicer `sys.executable` is PythonSlicer, set by
+    qSlicerCoreApplication once the application has started), else PythonSlicer on the PATH."""
+    if sys.executable and os.path.isfile(sys.executable):
+        return sys.executable
+    found = shutil.which("PythonSlicer")
+    if found is None:
+        raise WorkerProcessDied("no Python to run fits in: sys.executable is empty and PythonSlicer is not on "
+                                "the PATH (start Slicer through its launcher)")
+    return found
+
+
+class _Child:
+    """One fit process, seen from the parent. Its stderr goes to this module's log (DEBUG), and its
+    last lines into the error when it stops."""
+
+    def __init__(self) -> None:
+        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # Windows: no console window pops up
+        self.popen = subprocess.Popen([python_executable(), "-c", _BOOT], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, creationflags=flags)
+        self.messages: "queue.Queue" = queue.Queue()
+        self.last_lines: "collections.deque" = collections.deque(maxlen=STDERR_LINES_KEPT)
+        threading.Thread(target=_read_into, args=(self.popen.stdout, self.messages),
+                         name="VascularINR fit process pipe", daemon=True).start()
+        threading.Thread(target=self._read_stderr, name="VascularINR fit process stderr", daemon=True).start()
+        self.send(list(sys.path))
+
+    def _read_stderr(self) -> None:
+        for raw in iter(self.popen.stderr.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip()
+            if line:
+                self.last_lines.append(line)
+                log.debug("fit process %s: %s", self.popen.pid, line)
+
+    def said(self) -> str:
+        """The last lines the process wrote to stderr, for an error message ('' when none)."""
+        time.sleep(0.05)  # the reader may be one line behind a process that just ended
+        lines = list(self.last_lines)
+        return (": " + " | ".join(lines[-3:])) if lines else ""
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def send(self, message: Any) -> None:
+        pickle.dump(message, self.popen.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        self.popen.stdin.flush()
+
+    def receive(self, timeout_s: float) -> Optional[tuple]:
+        """The next message; ("timeout",) when none came; ("died",) when the pipe closed."""
+        try:
+            message = self.messages.get(timeout=timeout_s)
+        except queue.Empty:
+            return ("timeout",)
+        return ("died",) if message is None else message
+
+    def stop(self, kill: bool = False) -> Optional[int]:
+        """End the process (asked to, or killed); its exit code."""
+        if not kill and self.alive():
+            try:
+                self.send(None)
+                self.popen.wait(2.0)
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                pass
+        if self.alive():
+            self.popen.kill()
+        try:
+            code = self.popen.wait(5.0)
+        except subprocess.TimeoutExpired:
+            code = None
+        for stream in (self.popen.stdin, self.popen.stdout, self.popen.stderr):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        return code
 
 
 class ProcessFitWorker(FitWorker):
@@ -92,90 +222,67 @@ class ProcessFitWorker(FitWorker):
     def __init__(self, post: Post, debounce_s: float = DEFAULT_DEBOUNCE_S, name: str = "VascularINR-process"):
         _vtk_pickling()
         super().__init__(post, debounce_s, name)
-        self._context = multiprocessing.get_context("spawn")
-        self._process = None
-        self._connection = None
-        self._cancel = self._context.Event()
-        self._process_lock = threading.Lock()
+        self._child: Optional[_Child] = None
+        self._child_lock = threading.Lock()
         self.processes_started = 0
 
     # --- the child ------------------------------------------------------------------------------
 
-    def _ensure_process(self) -> None:
-        if self._process is not None and self._process.is_alive():
-            return
-        self._stop_process()
-        parent, child = self._context.Pipe(duplex=True)
-        process = self._context.Process(target=_child, args=(child, self._cancel), name="VascularINR fits",
-                                        daemon=True)
-        process.start()
-        child.close()
-        if not parent.poll(START_TIMEOUT_S):
-            process.kill()
-            raise WorkerProcessDied(f"the fit process did not start within {START_TIMEOUT_S:.0f} s")
-        parent.recv()  # ("ready",)
-        self._process, self._connection = process, parent
+    def _ensure_child(self) -> _Child:
+        if self._child is not None and self._child.alive():
+            return self._child
+        self._stop_child()
+        child = _Child()
+        message = child.receive(START_TIMEOUT_S)
+        if message[0] != "ready":
+            child.stop(kill=True)
+            why = "did not start" if message[0] == "timeout" else "stopped while starting"
+            raise WorkerProcessDied(f"the fit process ({child.popen.args[0]}) {why}{child.said()}")
+        self._child = child
         self.processes_started += 1
+        return child
 
-    def _stop_process(self, kill: bool = False) -> Optional[int]:
-        process, connection = self._process, self._connection
-        self._process = self._connection = None
-        if process is None:
-            return None
-        if not kill and process.is_alive():
-            try:
-                connection.send(None)
-            except (OSError, ValueError):
-                pass
-            process.join(2.0)
-        if process.is_alive():
-            process.kill()
-            process.join(5.0)
-        if connection is not None:
-            connection.close()
-        return process.exitcode
+    def _stop_child(self, kill: bool = False) -> Optional[int]:
+        child, self._child = self._child, None
+        return None if child is None else child.stop(kill)
 
     @property
     def process_id(self) -> Optional[int]:
-        process = self._process
-        return process.pid if process is not None and process.is_alive() else None
+        child = self._child
+        return child.pid if child is not None and child.alive() else None
 
     def shutdown(self, timeout_s: Optional[float] = 5.0) -> None:
         super().shutdown(timeout_s)
-        with self._process_lock:
-            self._stop_process()
+        with self._child_lock:
+            self._stop_child()
 
     # --- one job (on the scheduling thread) -------------------------------------------------------
 
     def _call(self, job, cancel_event: threading.Event, report) -> Any:
-        with self._process_lock:
-            self._ensure_process()
-            self._cancel.clear()
-            connection = self._connection
+        with self._child_lock:
+            child = self._ensure_child()
             try:
-                connection.send(job)
+                child.send(job)
             except (OSError, ValueError) as error:
-                self._stop_process(kill=True)
+                self._stop_child(kill=True)
                 raise WorkerProcessDied(f"the fit process could not take the job ({error})") from None
             cancelled_at = None
             while True:
                 if cancel_event.is_set() and cancelled_at is None:
-                    self._cancel.set()
                     cancelled_at = time.monotonic()
+                    try:
+                        child.send("cancel")
+                    except (OSError, ValueError):
+                        pass
                 if cancelled_at is not None and time.monotonic() - cancelled_at > CANCEL_GRACE_S:
-                    self._stop_process(kill=True)
+                    self._stop_child(kill=True)
                     raise FitCancelled("the fit was cancelled (its process was stopped)")
-                try:
-                    ready = connection.poll(0.05)
-                    message = connection.recv() if ready else None
-                except (EOFError, OSError):
-                    message = ("died",)
-                if message is None:
-                    if self._process is not None and not self._process.is_alive():
-                        message = ("died",)
-                    else:
-                        continue
+                message = child.receive(0.05)
                 kind = message[0]
+                if kind == "timeout":
+                    if child.alive():
+                        continue
+                    kind = "died"
                 if kind == "progress":
                     report(*message[1:])
                 elif kind == "result":
@@ -183,8 +290,11 @@ class ProcessFitWorker(FitWorker):
                 elif kind == "error":
                     raise message[1]
                 else:
-                    code = self._stop_process(kill=True)
+                    code = self._stop_child(kill=True)
                     if cancelled_at is not None:
                         raise FitCancelled("the fit was cancelled")
-                    raise WorkerProcessDied(f"the fit process stopped during the job (exit code {code}); "
-                                            f"the next fit starts a fresh one")
+                    raise WorkerProcessDied(f"the fit process stopped during the job (exit code {code}); the next "
+                                            f"fit starts a fresh one{child.said()}")
+
+
+__all__ = ["ProcessFitWorker", "WorkerProcessDied", "CANCEL_GRACE_S"]

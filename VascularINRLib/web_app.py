@@ -72,12 +72,9 @@ class VascularWebApp:
         self.layout_manager.set_layout("Axial Primary")
 
         self.scene = self.slicer_app.scene
-        from .process_worker import ProcessFitWorker
-
         debounce_s = DEFAULT_DEBOUNCE_S if debounce_s is None else debounce_s
-        # fits in their own process, as in Slicer: the server's event loop never waits for torch
-        self.logic = SceneLogic(self.scene, self._post, debounce_s=debounce_s,
-                                worker=ProcessFitWorker(self._post, debounce_s))
+        # fits run in the scene logic's fit process, as in Slicer: the event loop never waits for torch
+        self.logic = SceneLogic(self.scene, self._post, debounce_s=debounce_s)
         self.logic.add_status_listener(self._on_status)
         self._lists: List[tuple] = []  # (markups node, role), oldest first
         self._point_tags: dict = {}

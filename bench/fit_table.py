@@ -30,7 +30,8 @@ REAL = {"vmtk bifurcation": "vmtk_aorta/aorta-surface.vtp",
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=os.environ.get("VASCULAR_INR_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data")))
+    shared_data = Path(__file__).resolve().parents[2] / "shared" / "data"
+    parser.add_argument("--data", default=os.environ.get("VASCULAR_INR_DATA", str(shared_data)))
     parser.add_argument("--points", type=int, nargs="+", default=[200, 400])
     parser.add_argument("--presets", nargs="+", default=["fast", "paper"])
     parser.add_argument("--paper-iterations", type=int, default=2000)
