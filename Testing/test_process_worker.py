@@ -189,3 +189,29 @@ def test_without_sys_executable_the_fit_process_is_pythonslicer_from_the_path_an
     assert logic.request_fit(points)
     _wait(logic, events)
     assert logic.status.state == "done", logic.status.message
+
+
+def test_prestart_loads_torch_in_the_fit_process_before_the_first_fit(setup, lumen_points):
+    """The front ends call prestart when the panel or the page opens: the process starts in the
+    background and imports torch while the user clicks; the first fit then runs in that process."""
+    scene, events, worker, logic = setup
+    logic.prestart()
+    assert worker.processes_started == 0 or worker.process_id is not None  # it returned at once
+    deadline = time.monotonic() + TIMEOUT_S
+    maps = None
+    while time.monotonic() < deadline:
+        pid = worker.process_id
+        if pid is not None:
+            maps = Path(f"/proc/{pid}/maps")
+            if not maps.exists() or "libtorch" in maps.read_text():
+                break
+        time.sleep(0.1)
+    assert worker.process_id is not None, "the fit process did not start"
+    if maps is not None and maps.exists():
+        assert "libtorch" in maps.read_text(), "torch was not loaded ahead of the first fit"
+    first = worker.process_id
+    points = _points(scene, lumen_points[:40])
+    assert logic.request_fit(points)
+    _wait(logic, events)
+    assert logic.status.state == "done", logic.status.message
+    assert worker.process_id == first and worker.processes_started == 1

@@ -171,6 +171,8 @@ class VascularINRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def enter(self) -> None:
         self.initializeParameterNode()
         self._updateDependencies()
+        if not self._missing:
+            self.logic.sceneLogic.prestart()  # torch loads in the fit process while the user clicks
 
     def exit(self) -> None:
         if self._watchedPoints is not None and self.logic is not None:  # auto-refit stays in this module

@@ -108,6 +108,10 @@ def serve() -> None:
 
     threading.Thread(target=read, name="VascularINR fit process reader", daemon=True).start()
     send(("ready", os.getpid()))
+    try:  # torch and the network, while the user clicks: the first fit need not wait for them
+        import VascularINRLib.fitting  # noqa: F401
+    except Exception as error:  # missing packages: the first job says which
+        print(f"VascularINR fit process: preloading failed ({error})", file=sys.stderr)
     while True:
         job = jobs.get()
         if job is None:
@@ -245,6 +249,18 @@ class ProcessFitWorker(FitWorker):
     def _stop_child(self, kill: bool = False) -> Optional[int]:
         child, self._child = self._child, None
         return None if child is None else child.stop(kill)
+
+    def prestart(self) -> None:
+        """Start the fit process now, on a background thread: it imports torch while the user clicks,
+        so the first fit does not wait for it. A failure is logged; the first job tries again."""
+        def start() -> None:
+            with self._child_lock:
+                try:
+                    self._ensure_child()
+                except Exception as error:  # noqa: B902 - logged; the next job reports it
+                    log.debug("the fit process did not start ahead: %s", error)
+
+        threading.Thread(target=start, name="VascularINR fit process start", daemon=True).start()
 
     @property
     def process_id(self) -> Optional[int]:

@@ -760,6 +760,12 @@ class SceneLogic:
         self._last_points.clear()
         self._networks.clear()
 
+    def prestart(self) -> None:
+        """Start the fit process ahead of the first fit (in the background): the front ends call it
+        when the user opens the panel or the page, so torch loads while the user clicks."""
+        self._require_main_thread()
+        self._worker.prestart()
+
     def shutdown(self) -> None:
         """Cancel everything, stop the worker thread and drop every observer."""
         self._worker.shutdown()

@@ -76,6 +76,7 @@ class VascularWebApp:
         # fits run in the scene logic's fit process, as in Slicer: the event loop never waits for torch
         self.logic = SceneLogic(self.scene, self._post, debounce_s=debounce_s)
         self.logic.add_status_listener(self._on_status)
+        self.logic.prestart()  # torch loads in the fit process while the page opens and the user clicks
         self._lists: List[tuple] = []  # (markups node, role), oldest first
         self._point_tags: dict = {}
         self.active = None

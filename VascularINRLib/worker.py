@@ -166,6 +166,9 @@ class FitWorker:
                 self._condition.wait(remaining)
         return True
 
+    def prestart(self) -> None:
+        """Get ready for a first job (the process worker starts its process); here, nothing to do."""
+
     def shutdown(self, timeout_s: Optional[float] = 5.0) -> None:
         """Cancel everything and stop the thread (waits up to `timeout_s` for a running job to stop)."""
         with self._condition:
