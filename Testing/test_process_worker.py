@@ -180,11 +180,20 @@ def test_without_sys_executable_the_fit_process_is_pythonslicer_from_the_path_an
     stand_in.chmod(0o755)
     monkeypatch.setattr(sys, "executable", "")
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    from VascularINRLib import process_worker
+    send = process_worker._Child.send
+
+    def late(child, message):  # the process has ended before its first message is written: a broken pipe
+        child.popen.wait(10)
+        return send(child, message)
+
     points = _points(scene, lumen_points[:40])
-    assert logic.request_fit(points)
-    _wait(logic, events)
-    assert logic.status.state == "error", logic.status.message
-    assert "stopped while starting" in logic.status.message and "libstandin.so" in logic.status.message
+    for first_send in (late, send):  # either order gives the same error
+        monkeypatch.setattr(process_worker._Child, "send", first_send)
+        assert logic.request_fit(points)
+        _wait(logic, events)
+        assert logic.status.state == "error", logic.status.message
+        assert "stopped while starting" in logic.status.message and "libstandin.so" in logic.status.message
     stand_in.write_text(f'#!/bin/sh\nexec "{real_python}" "$@"\n')
     assert logic.request_fit(points)
     _wait(logic, events)

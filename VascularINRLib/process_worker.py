@@ -164,7 +164,10 @@ class _Child:
         threading.Thread(target=_read_into, args=(self.popen.stdout, self.messages),
                          name="VascularINR fit process pipe", daemon=True).start()
         threading.Thread(target=self._read_stderr, name="VascularINR fit process stderr", daemon=True).start()
-        self.send(list(sys.path))
+        try:
+            self.send(list(sys.path))
+        except OSError:  # it ended at once (BrokenPipeError): waiting for "ready" finds it gone, with its stderr
+            pass
 
     def _read_stderr(self) -> None:
         for raw in iter(self.popen.stderr.readline, b""):
@@ -236,7 +239,10 @@ class ProcessFitWorker(FitWorker):
         if self._child is not None and self._child.alive():
             return self._child
         self._stop_child()
-        child = _Child()
+        try:
+            child = _Child()
+        except OSError as error:  # no such file, not executable
+            raise WorkerProcessDied(f"the fit process could not be started ({error})") from None
         message = child.receive(START_TIMEOUT_S)
         if message[0] != "ready":
             child.stop(kill=True)
