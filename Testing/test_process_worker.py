@@ -205,7 +205,6 @@ def test_prestart_loads_torch_in_the_fit_process_before_the_first_fit(setup, lum
     background and imports torch while the user clicks; the first fit then runs in that process."""
     scene, events, worker, logic = setup
     logic.prestart()
-    assert worker.processes_started == 0 or worker.process_id is not None  # it returned at once
     deadline = time.monotonic() + TIMEOUT_S
     maps = None
     while time.monotonic() < deadline:

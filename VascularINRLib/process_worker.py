@@ -36,7 +36,7 @@ import time
 from typing import Any, BinaryIO, Optional
 
 from .errors import FitCancelled, VascularINRError
-from .worker import DEFAULT_DEBOUNCE_S, FitWorker, Post
+from .worker import DEFAULT_DEBOUNCE_S, PROGRESS_INTERVAL_S, FitWorker, Post
 
 CANCEL_GRACE_S = 3.0
 START_TIMEOUT_S = 120.0
@@ -47,7 +47,7 @@ _BOOT = ("import pickle, sys; sys.path[:] = pickle.load(sys.stdin.buffer); "
 
 
 class WorkerProcessDied(VascularINRError):
-    """The fit process ended during a job (crashed or was killed)."""
+    """The fit process could not start, or ended during a job (crashed or was killed)."""
 
 
 def _vtk_pickling() -> None:
@@ -66,15 +66,15 @@ def _portable(error: BaseException) -> BaseException:
         return RuntimeError(f"{type(error).__name__}: {error}")
 
 
-def _read_into(stream: BinaryIO, messages: "queue.Queue") -> None:
-    """Put every pickle that arrives on `stream` into `messages`, then None when it closes."""
+def _read_into(stream: BinaryIO, deliver) -> None:
+    """Call `deliver` with every pickle that arrives on `stream`, then with None when it closes."""
     while True:
         try:
             message = pickle.load(stream)
         except Exception:  # EOF, a broken pipe, a half message from a dying process
-            messages.put(None)
+            deliver(None)
             return
-        messages.put(message)
+        deliver(message)
 
 
 # --- the child --------------------------------------------------------------------------------------
@@ -89,24 +89,18 @@ def serve() -> None:
     cancel_event = threading.Event()
     jobs: "queue.Queue" = queue.Queue()
 
-    def read() -> None:
-        while True:
-            try:
-                message = pickle.load(sys.stdin.buffer)
-            except Exception:
-                message = None
-            if message is None or message == "cancel":
-                cancel_event.set()
-            if message != "cancel":
-                jobs.put(message)
-            if message is None:
-                return
+    def take(message) -> None:  # on the reading thread: a cancel acts at once, a job waits its turn
+        if message is None or message == "cancel":
+            cancel_event.set()
+        if message != "cancel":
+            jobs.put(message)
 
-    def send(message: tuple) -> None:
-        pickle.dump(message, channel, protocol=pickle.HIGHEST_PROTOCOL)
+    def send(message: tuple) -> None:  # pickled whole first: a message that fails to pickle writes nothing
+        channel.write(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
         channel.flush()
 
-    threading.Thread(target=read, name="VascularINR fit process reader", daemon=True).start()
+    threading.Thread(target=_read_into, args=(sys.stdin.buffer, take), name="VascularINR fit process reader",
+                     daemon=True).start()
     send(("ready", os.getpid()))
     try:  # torch and the network, while the user clicks: the first fit need not wait for them
         import VascularINRLib.fitting  # noqa: F401
@@ -121,7 +115,7 @@ def serve() -> None:
 
         def report(fraction: float, message: str, force: bool = False) -> None:
             now = time.monotonic()
-            if force or now - last[0] >= 0.1:
+            if force or now - last[0] >= PROGRESS_INTERVAL_S:
                 last[0] = now
                 send(("progress", float(fraction), str(message), bool(force)))
 
@@ -131,12 +125,9 @@ def serve() -> None:
             send(("error", _portable(error)))
             continue
         try:
-            payload = pickle.dumps(("result", result), protocol=pickle.HIGHEST_PROTOCOL)
+            send(("result", result))
         except Exception as error:  # the result does not pickle
             send(("error", RuntimeError(f"the fit's result could not be sent back ({error})")))
-            continue
-        channel.write(payload)
-        channel.flush()
 
 
 def python_executable() -> str:
@@ -161,9 +152,11 @@ class _Child:
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, creationflags=flags)
         self.messages: "queue.Queue" = queue.Queue()
         self.last_lines: "collections.deque" = collections.deque(maxlen=STDERR_LINES_KEPT)
-        threading.Thread(target=_read_into, args=(self.popen.stdout, self.messages),
+        threading.Thread(target=_read_into, args=(self.popen.stdout, self.messages.put),
                          name="VascularINR fit process pipe", daemon=True).start()
-        threading.Thread(target=self._read_stderr, name="VascularINR fit process stderr", daemon=True).start()
+        self._stderr_reader = threading.Thread(target=self._read_stderr, name="VascularINR fit process stderr",
+                                               daemon=True)
+        self._stderr_reader.start()
         try:
             self.send(list(sys.path))
         except OSError:  # it ended at once (BrokenPipeError): waiting for "ready" finds it gone, with its stderr
@@ -178,7 +171,8 @@ class _Child:
 
     def said(self) -> str:
         """The last lines the process wrote to stderr, for an error message ('' when none)."""
-        time.sleep(0.05)  # the reader may be one line behind a process that just ended
+        if not self.alive():
+            self._stderr_reader.join(1.0)  # it ended: its stderr is read to the end
         lines = list(self.last_lines)
         return (": " + " | ".join(lines[-3:])) if lines else ""
 

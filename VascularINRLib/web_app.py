@@ -523,7 +523,7 @@ class VascularWebApp:
                           density="compact", hide_details=True, id="vinr-place-mode")
                 v.VSwitch(v_model=("use_image",), label="Use the image between the clicks",
                           density="compact", hide_details=True, id="vinr-use-image")
-                v.VSelect(v_model=("main_view",), items=("['Axial', 'Coronal', 'Sagittal']",), label="Large view",
+                v.VSelect(v_model=("main_view",), items=(str(list(MAIN_VIEW_AXES)),), label="Large view",
                           density="compact", hide_details=True, id="vinr-main-view", classes="mt-2")
                 v.VTextField(v_model=("axial_offset",), label="Its slice (mm: S, A or R)", type="number", step="1",
                              density="compact", hide_details=True, id="vinr-axial-offset", classes="my-2")
